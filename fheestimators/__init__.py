@@ -1,0 +1,18 @@
+"""fheestimators: neural networks trained with scikit-learn's API, run on encrypted data."""
+from .fhe.artifacts import DebugArtifacts
+from .quantization.module import QuantizedModule
+from .torch.compile import (
+    build_quantized_module,
+    compile_brevitas_qat_model,
+    compile_onnx_model,
+    compile_torch_model,
+)
+
+__all__ = [
+    "DebugArtifacts",
+    "QuantizedModule",
+    "build_quantized_module",
+    "compile_brevitas_qat_model",
+    "compile_onnx_model",
+    "compile_torch_model",
+]

@@ -1,0 +1,1 @@
+"""Integer programs to concrete-python circuits, and the three ways to run them."""

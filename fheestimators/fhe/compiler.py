@@ -1,0 +1,65 @@
+"""Compile a traced integer function with concrete-python."""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+from concrete import fhe
+
+from .artifacts import DebugArtifacts
+
+
+def default_configuration() -> fhe.Configuration:
+    """Our defaults: multi-parameter selection (each bit-width gets its own keys)."""
+    return fhe.Configuration(
+        parameter_selection_strategy=fhe.ParameterSelectionStrategy.MULTI,
+        show_progress=False,
+    )
+
+
+def compile_function(
+    function: Callable,
+    inputset: Sequence[tuple[np.ndarray, ...]],
+    n_inputs: int,
+    inputs_encryption_status: Optional[Sequence[str]] = None,
+    configuration: Optional[fhe.Configuration] = None,
+    p_error: Optional[float] = None,
+    global_p_error: Optional[float] = None,
+    verbose: bool = False,
+    show_mlir: bool = False,
+    artifacts: Optional[DebugArtifacts] = None,
+) -> fhe.Circuit:
+    """Trace ``function`` (``n_inputs`` positional integer tensors) and compile it."""
+    statuses = list(inputs_encryption_status or ["encrypted"] * n_inputs)
+    if len(statuses) != n_inputs:
+        raise ValueError(f"inputs_encryption_status has {len(statuses)} entries for {n_inputs} inputs")
+    for status in statuses:
+        if status not in ("encrypted", "clear"):
+            raise ValueError(f"encryption status {status!r} is not 'encrypted' or 'clear'")
+    if "encrypted" not in statuses:
+        raise ValueError("at least one input must be encrypted")
+    if p_error is not None and global_p_error is not None:
+        raise ValueError("set p_error or global_p_error, not both")
+    names = [f"x{i}" for i in range(n_inputs)]
+
+    def circuit_function(**kwargs):
+        return function(*(kwargs[name] for name in names))
+
+    circuit_function.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    )
+    config = configuration if configuration is not None else default_configuration()
+    overrides = {"verbose": verbose, "show_mlir": show_mlir}
+    if p_error is not None:
+        overrides.update(p_error=p_error, global_p_error=None)
+    elif global_p_error is not None:
+        overrides.update(global_p_error=global_p_error, p_error=None)
+    config = config.fork(**overrides)
+    compiler = fhe.Compiler(circuit_function, dict(zip(names, statuses)))
+    samples = [tuple(sample) if n_inputs > 1 else sample[0] for sample in inputset]
+    fhe_artifacts = artifacts.fhe if artifacts is not None else None
+    circuit = compiler.compile(samples, configuration=config, artifacts=fhe_artifacts)
+    if artifacts is not None:
+        artifacts.mlir = circuit.mlir
+    return circuit

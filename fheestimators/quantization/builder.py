@@ -1,0 +1,170 @@
+"""Post-training quantization: walk the float graph and write the integer program.
+
+The walk keeps, for every ONNX tensor, either a float constant or an ``Encrypted``
+value. Linear ops write integer steps; element-wise ops only compose a pending
+function; a table lookup is written only where a value must become an integer again
+(the input of the next linear op, a shape change, an encrypted addition). That is how
+bias, activation and requantization between two linear layers cost one lookup.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..onnx.graph import Graph, Node
+from ..onnx.ops import OPS
+from .program import IntegerProgram, Output
+from .quantizers import NBits, UniformQuantizer
+from .steps import Shift, Step, TableLookup
+from .values import Encrypted
+
+Rule = Callable[["Builder", Node, list], list]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*op_types: str):
+    """Register how an op acts on encrypted values (see ``rules.py``)."""
+
+    def decorator(func: Rule) -> Rule:
+        for op_type in op_types:
+            RULES[op_type] = func
+        return func
+
+    return decorator
+
+
+class Builder:
+    """Holds the program being written and the calibration data flowing through it."""
+
+    def __init__(self, graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits):
+        self.graph = graph
+        self.n_bits = n_bits
+        self.batch = calibration[0].shape[0]
+        self.steps: list[Step] = []
+        self.ints: dict[str, np.ndarray] = {}
+        self.values: dict[str, object] = dict(graph.constants)
+        self.input_quantizers = []
+        self.input_names = []
+        self._names: set[str] = set()
+        for name, data in zip(graph.inputs, calibration):
+            quantizer = UniformQuantizer.unsigned(data, n_bits.model_inputs)
+            self.input_quantizers.append(quantizer)
+            q_name = self.fresh(f"{name}.q")
+            self.input_names.append(q_name)
+            self.ints[q_name] = quantizer.quantize(data)
+            source = q_name
+            if quantizer.zero_point:
+                source = self.add(Shift(f"{name}.zero_point", [q_name], self.fresh(f"{name}.centered"),
+                                        constant=-quantizer.zero_point))
+            self.values[name] = Encrypted(source, quantizer.scale, 0.0, quantized=True)
+
+    # -- writing the program -------------------------------------------------
+    def fresh(self, name: str) -> str:
+        candidate, i = name, 1
+        while candidate in self._names:
+            candidate, i = f"{name}.{i}", i + 1
+        self._names.add(candidate)
+        return candidate
+
+    def add(self, step: Step) -> str:
+        """Append a step and run it on the calibration data; returns its output name."""
+        self.steps.append(step)
+        self.ints[step.output] = step.numpy(*[self.ints[name] for name in step.inputs])
+        return step.output
+
+    def float_values(self, value: Encrypted) -> np.ndarray:
+        return value.dequantize(self.ints[value.source])
+
+    def sample_shape(self, value: Encrypted) -> tuple:
+        return self.ints[value.source].shape[1:]
+
+    # -- quantizing ------------------------------------------------------------
+    def quantize_weights(self, weights: np.ndarray, node: Node) -> tuple[np.ndarray, float]:
+        """Integer weights and their scale; QAT import overrides this to keep trained grids."""
+        quantizer = UniformQuantizer.symmetric(weights, self.n_bits.op_weights)
+        return quantizer.quantize(weights), quantizer.scale
+
+    def natural_scale(self, value: Encrypted) -> float:
+        """The scale ``materialize`` would give: the value's own when already quantized."""
+        if value.quantized and np.ndim(value.scale) == 0:
+            return float(value.scale)
+        return UniformQuantizer.unsigned(self.float_values(value), self.n_bits.op_inputs).scale
+
+    def materialize(self, value: Encrypted, name: str, scale: Optional[float] = None) -> Encrypted:
+        """Turn a value into ``op_inputs``-bit integers with one table lookup (if it is not already).
+
+        With ``scale`` the result is expressed on that scale instead of a calibrated one
+        (used to add two encrypted tensors).
+        """
+        if value.quantized and (scale is None or np.array_equal(value.scale, scale)):
+            return value
+        calib = self.float_values(value)
+        if not np.all(np.isfinite(calib)):
+            raise ValueError(
+                f"node {name!r} produces NaN or inf on the calibration data; "
+                "check the model and the input range"
+            )
+        if scale is None:
+            quantizer = UniformQuantizer.unsigned(calib, self.n_bits.op_inputs)
+            q_min, q_max = quantizer.q_min - quantizer.zero_point, quantizer.q_max - quantizer.zero_point
+            scale = quantizer.scale
+        else:
+            q_min, q_max = -(2**62), 2**62
+        function = _lookup_function(value, scale, q_min, q_max)
+        low, high = (int(v) for v in (self.ints[value.source].min(), self.ints[value.source].max()))
+        out = self.add(TableLookup(
+            name, [value.source], self.fresh(f"{name}.tlu"), function=function,
+            input_bounds=(low, high), description=" ∘ ".join(reversed(value.ops)) or "requantize",
+            n_elements=int(np.prod(self.sample_shape(value))),
+        ))
+        return Encrypted(out, scale, 0.0, quantized=True)
+
+    # -- walking the graph -----------------------------------------------------
+    def build(self) -> IntegerProgram:
+        for node in self.graph.nodes:
+            args = [self.values[name] if name else None for name in node.inputs]
+            if not any(isinstance(a, Encrypted) for a in args):
+                results = node.evaluate(*args)  # shapes and constants computed from shapes
+            else:
+                func = RULES.get(node.op_type)
+                if func is None:
+                    raise ValueError(
+                        f"ONNX op {node.op_type!r} (node {node.name!r}) is not supported on "
+                        f"encrypted values; supported: {', '.join(sorted(RULES))}"
+                    )
+                results = func(self, node, args)
+            for name, result in zip(node.outputs, results):
+                self.values[name] = result
+        outputs = []
+        for name in self.graph.outputs:
+            value = self.values[name]
+            if not isinstance(value, Encrypted):
+                raise ValueError(f"model output {name!r} does not depend on the inputs")
+            outputs.append(Output(value.source, value.scale, value.offset, value.fn))
+        return IntegerProgram(
+            input_names=self.input_names,
+            input_quantizers=self.input_quantizers,
+            steps=self.steps,
+            outputs=outputs,
+            sample_shapes=[self.ints[n].shape[1:] for n in self.input_names],
+        )
+
+
+def _lookup_function(value: Encrypted, scale: float, q_min: int, q_max: int):
+    """The table of a lookup: dequantize, apply the pending ops, quantize on ``scale``."""
+    dequantize = value.dequantize
+
+    def lookup(q):
+        with np.errstate(all="ignore"):
+            floats = np.nan_to_num(dequantize(np.asarray(q)), nan=0.0, posinf=1e300, neginf=-1e300)
+            return np.clip(np.rint(floats / scale), q_min, q_max).astype(np.int64)
+
+    return lookup
+
+
+def build_program(graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits) -> IntegerProgram:
+    """Quantize ``graph`` on ``calibration`` (one array per input) into an integer program."""
+    from . import rules  # noqa: F401  (fills RULES)
+
+    return Builder(graph, calibration, n_bits).build()

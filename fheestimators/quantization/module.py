@@ -1,0 +1,191 @@
+"""``QuantizedModule``: a quantized model that runs in the clear, in simulation or encrypted."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+from concrete import fhe
+
+from ..fhe.artifacts import DebugArtifacts
+from ..fhe.compiler import compile_function
+from ..fhe.execution import LookupNoise, run_encrypted
+from ..fhe.modes import FheMode
+from .program import IntegerProgram
+from .report import LayerReport, layer_reports, format_report
+from .steps import TableLookup, bit_width
+from .quantizers import MAX_TLU_BIT_WIDTH
+
+
+class QuantizedModule:
+    """A model as integers: quantize inputs, run the integer program, dequantize outputs.
+
+    Built by ``build_quantized_module`` or the ``compile_*`` functions, not by hand.
+
+    Parameters
+    ----------
+    program : IntegerProgram
+        The integer steps, input quantizers and output dequantizers.
+    onnx_model : onnx.ModelProto, optional
+        The float graph it was built from.
+    """
+
+    def __init__(self, program: IntegerProgram, onnx_model=None, calibration_q=None):
+        self.program = program
+        self.onnx_model = onnx_model
+        self.fhe_circuit: Optional[fhe.Circuit] = None
+        self._calibration_q = calibration_q
+        self._noise: Optional[LookupNoise] = None
+
+    # -- inputs and outputs ----------------------------------------------------
+    @property
+    def n_inputs(self) -> int:
+        return len(self.program.input_quantizers)
+
+    def _check_float_inputs(self, xs) -> list[np.ndarray]:
+        if len(xs) != self.n_inputs:
+            raise ValueError(f"the model takes {self.n_inputs} input(s), got {len(xs)}")
+        arrays = []
+        for i, (x, shape) in enumerate(zip(xs, self.program.sample_shapes)):
+            x = _to_numpy(x)
+            if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+                    or x.dtype == np.bool_):
+                raise TypeError(f"input {i} has dtype {x.dtype}; expected numbers")
+            x = x.astype(np.float64)
+            if x.shape[1:] != tuple(shape):
+                if x.shape == tuple(shape):
+                    x = x[None]
+                else:
+                    raise ValueError(f"input {i} has shape {x.shape}; expected (n_samples, {', '.join(map(str, shape))})")
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"input {i} contains NaN or inf")
+            arrays.append(x)
+        return arrays
+
+    def quantize_input(self, *x):
+        """Float inputs to the unsigned integers the circuit takes."""
+        arrays = self._check_float_inputs(x)
+        q = tuple(quantizer.quantize(a) for quantizer, a in zip(self.program.input_quantizers, arrays))
+        return q if len(q) > 1 else q[0]
+
+    def dequantize_output(self, *q_y):
+        """Integer outputs of the circuit to floats (applying the ops left for the client)."""
+        if len(q_y) != len(self.program.outputs):
+            raise ValueError(f"the model has {len(self.program.outputs)} output(s), got {len(q_y)}")
+        y = tuple(out.dequantize(q) for out, q in zip(self.program.outputs, q_y))
+        return y if len(y) > 1 else y[0]
+
+    def _check_q_inputs(self, q_x) -> list[np.ndarray]:
+        if len(q_x) != self.n_inputs:
+            raise ValueError(f"the model takes {self.n_inputs} input(s), got {len(q_x)}")
+        arrays = []
+        for i, (q, shape, quantizer) in enumerate(zip(q_x, self.program.sample_shapes, self.program.input_quantizers)):
+            q = _to_numpy(q)
+            if not np.issubdtype(q.dtype, np.integer):
+                raise TypeError(f"quantized input {i} must hold integers (use quantize_input), got {q.dtype}")
+            if q.shape[1:] != tuple(shape):
+                raise ValueError(f"quantized input {i} has shape {q.shape}; expected (n_samples, {', '.join(map(str, shape))})")
+            arrays.append(q.astype(np.int64))
+        return arrays
+
+    # -- running -----------------------------------------------------------------
+    def quantized_forward(self, *q_x, fhe: str = "disable", progress: bool = False):
+        """Run the integer program on quantized inputs; returns integer outputs."""
+        mode = FheMode.parse(fhe)
+        arrays = self._check_q_inputs(q_x)
+        if mode is FheMode.DISABLE:
+            return self.program.run(*arrays)
+        self.check_model_is_compiled()
+        if mode is FheMode.SIMULATE:
+            if self._noise is None:
+                self._noise = LookupNoise(self.fhe_circuit)
+            return self.program.run(*arrays, before_lookup=self._noise)
+        return run_encrypted(self.fhe_circuit, arrays, progress=progress)
+
+    def forward(self, *x, fhe: str = "disable", progress: bool = False):
+        """Float in, float out: quantize in the clear, run in the chosen mode, dequantize."""
+        q_x = self.quantize_input(*x)
+        q_x = q_x if isinstance(q_x, tuple) else (q_x,)
+        q_y = self.quantized_forward(*q_x, fhe=fhe, progress=progress)
+        return self.dequantize_output(*(q_y if isinstance(q_y, tuple) else (q_y,)))
+
+    __call__ = forward
+
+    def forward_and_dequant(self, *q_x):
+        """The older flow: quantized input in, dequantized float output, computed in the clear."""
+        q_y = self.quantized_forward(*q_x, fhe="disable")
+        return self.dequantize_output(*(q_y if isinstance(q_y, tuple) else (q_y,)))
+
+    # -- compiling ---------------------------------------------------------------
+    def compile(
+        self,
+        inputs,
+        configuration: Optional[fhe.Configuration] = None,
+        artifacts: Optional[DebugArtifacts] = None,
+        show_mlir: bool = False,
+        p_error: Optional[float] = None,
+        global_p_error: Optional[float] = None,
+        verbose: bool = False,
+        inputs_encryption_status: Optional[Sequence[str]] = None,
+    ) -> fhe.Circuit:
+        """Compile the integer program to an FHE circuit, using ``inputs`` (float) as inputset."""
+        inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+        q = self.quantize_input(*inputs)
+        q = q if isinstance(q, tuple) else (q,)
+        self.check_bit_widths()
+        inputset = [tuple(x[i : i + 1] for x in q) for i in range(q[0].shape[0])]
+        self.fhe_circuit = compile_function(
+            lambda *xs: self.program.run(*xs, backend="fhe"),
+            inputset,
+            n_inputs=self.n_inputs,
+            inputs_encryption_status=inputs_encryption_status,
+            configuration=configuration,
+            p_error=p_error,
+            global_p_error=global_p_error,
+            verbose=verbose,
+            show_mlir=show_mlir,
+            artifacts=artifacts,
+        )
+        self._noise = None
+        if verbose:
+            print(self.report())
+        return self.fhe_circuit
+
+    @property
+    def forward_fhe(self) -> fhe.Circuit:
+        """The circuit, under the name of the older documentation."""
+        self.check_model_is_compiled()
+        return self.fhe_circuit
+
+    def check_model_is_compiled(self) -> None:
+        if self.fhe_circuit is None:
+            raise RuntimeError("the module is not compiled: call compile(inputset) first")
+
+    def check_bit_widths(self) -> None:
+        """Fail before concrete is called if a lookup would be wider than FHE allows."""
+        for report in self.layer_reports():
+            if report.lookup_bits is not None and report.lookup_bits > MAX_TLU_BIT_WIDTH:
+                raise ValueError(
+                    f"layer {report.name!r} needs a {report.lookup_bits}-bit table lookup "
+                    f"(accumulator range {report.accumulator_range}); the limit is "
+                    f"{MAX_TLU_BIT_WIDTH} bits: lower n_bits, prune weights (max_non_zero) or "
+                    "set rounding_threshold_bits"
+                )
+
+    def layer_reports(self) -> list[LayerReport]:
+        return layer_reports(self.program)
+
+    def report(self) -> str:
+        """Per layer: accumulator bit-width, table lookups, rounding."""
+        return format_report(self.layer_reports(), self.fhe_circuit)
+
+    @property
+    def max_bit_width(self) -> int:
+        return max((r.accumulator_bits for r in self.layer_reports()), default=0)
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "to_numpy"):
+        return x.to_numpy()
+    return np.asarray(x)

@@ -1,0 +1,84 @@
+"""The integer program: quantized inputs -> steps -> outputs to dequantize in the clear."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .quantizers import UniformQuantizer
+from .steps import Step, TableLookup, bit_width
+
+
+@dataclass
+class Output:
+    """How to read a float output from an integer one: ``fn(scale * q + offset)``.
+
+    ``fn`` holds the element-wise ops that follow the last linear layer; the client
+    applies them after decryption, which saves a table lookup per output.
+    """
+
+    source: str
+    scale: np.ndarray
+    offset: np.ndarray
+    fn: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        values = self.scale * np.asarray(q, dtype=np.float64) + self.offset
+        return values if self.fn is None else np.asarray(self.fn(values), dtype=np.float64)
+
+
+@dataclass
+class IntegerProgram:
+    """What a ``QuantizedModule`` runs: the same steps in numpy, in simulation and in FHE."""
+
+    input_names: list[str]
+    input_quantizers: list[UniformQuantizer]
+    steps: list[Step]
+    outputs: list[Output]
+    sample_shapes: list[tuple] = field(default_factory=list)
+
+    @property
+    def table_lookups(self) -> list[TableLookup]:
+        return [step for step in self.steps if isinstance(step, TableLookup)]
+
+    def run(self, *q_inputs, backend: str = "numpy", before_lookup=None):
+        """Run every step; ``before_lookup(step, x)`` may alter a lookup's input (simulation)."""
+        values = dict(zip(self.input_names, q_inputs))
+        for step in self.steps:
+            args = [values[name] for name in step.inputs]
+            if backend == "fhe":
+                values[step.output] = _traced(step, args)
+            elif before_lookup is not None and isinstance(step, TableLookup):
+                values[step.output] = step.function(before_lookup(step, step.rounded(args[0])))
+            else:
+                values[step.output] = step.numpy(*args)
+        results = tuple(values[out.source] for out in self.outputs)
+        return results if len(results) > 1 else results[0]
+
+    def measure_bounds(self, *q_inputs) -> None:
+        """Record each lookup's input and output range on a data set (after rounding)."""
+        values = dict(zip(self.input_names, q_inputs))
+        for step in self.steps:
+            args = [values[name] for name in step.inputs]
+            out = values[step.output] = step.numpy(*args)
+            if isinstance(step, TableLookup):
+                rounded = step.rounded(args[0])
+                step.input_bounds = (int(rounded.min()), int(rounded.max()))
+                step.output_bounds = (int(out.min()), int(out.max()))
+
+    def accumulator_bit_width(self, *q_inputs) -> int:
+        """The widest integer anywhere in the program on a data set."""
+        values = dict(zip(self.input_names, q_inputs))
+        widest = max(bit_width(int(v.min()), int(v.max())) for v in values.values())
+        for step in self.steps:
+            out = values[step.output] = step.numpy(*[values[name] for name in step.inputs])
+            widest = max(widest, bit_width(int(out.min()), int(out.max())))
+        return widest
+
+
+def _traced(step: Step, args):
+    from concrete import fhe
+
+    with fhe.tag(step.name):
+        return step.fhe(*args)

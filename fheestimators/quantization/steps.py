@@ -1,0 +1,171 @@
+"""Steps of the integer program: what runs on encrypted (or clear quantized) integers.
+
+A step reads integer tensors by name and writes one. ``numpy`` runs on a whole batch of
+int64 arrays; ``fhe`` traces the same computation for concrete-python on a batch of one.
+Most steps use numpy calls that concrete's tracer also understands, so ``fhe`` defaults
+to ``numpy``; table lookups and convolutions differ.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+from concrete import fhe
+
+from ..onnx.ops import OPS
+
+
+@dataclass
+class Step:
+    """Base step: ``name`` is the ONNX node it comes from, shown in reports and errors."""
+
+    name: str
+    inputs: list[str]
+    output: str
+
+    def numpy(self, *xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def fhe(self, *xs):
+        return self.numpy(*xs)
+
+
+@dataclass
+class Shift(Step):
+    """Add a constant: removes an input zero-point, free in FHE."""
+
+    constant: int = 0
+
+    def numpy(self, x):
+        return x + self.constant
+
+
+@dataclass
+class MatMul(Step):
+    """``x @ weight`` (or ``weight @ x`` when ``left``) with an integer constant weight."""
+
+    weight: np.ndarray = None
+    left: bool = False
+
+    def numpy(self, x):
+        return np.matmul(self.weight, x) if self.left else np.matmul(x, self.weight)
+
+
+@dataclass
+class Conv(Step):
+    """Integer convolution (also sum-pooling, as a depthwise convolution with ones)."""
+
+    weight: np.ndarray = None
+    pads: tuple = ()
+    strides: tuple = ()
+    dilations: tuple = ()
+    group: int = 1
+
+    def numpy(self, x):
+        out = OPS["Conv"](x.astype(np.float64), self.weight.astype(np.float64), None,
+                          pads=list(self.pads), strides=list(self.strides),
+                          dilations=list(self.dilations), group=self.group)
+        return np.rint(out).astype(np.int64)
+
+    def fhe(self, x):
+        return fhe.conv(x, self.weight, pads=list(self.pads), strides=list(self.strides),
+                        dilations=list(self.dilations), group=self.group)
+
+
+@dataclass
+class ReduceSum(Step):
+    axes: tuple = ()
+    keepdims: bool = True
+
+    def numpy(self, x):
+        return np.sum(x, axis=self.axes, keepdims=self.keepdims)
+
+
+@dataclass
+class AddSub(Step):
+    """Sum or difference of two encrypted tensors on the same scale."""
+
+    subtract: bool = False
+
+    def numpy(self, a, b):
+        return a - b if self.subtract else a + b
+
+
+@dataclass
+class Reshape(Step):
+    """Any shape change that keeps the batch axis first: ``sample_shape`` excludes it."""
+
+    sample_shape: tuple = ()
+
+    def numpy(self, x):
+        return np.reshape(x, (x.shape[0], *self.sample_shape))
+
+
+@dataclass
+class Transpose(Step):
+    perm: tuple = ()
+
+    def numpy(self, x):
+        return np.transpose(x, self.perm)
+
+
+@dataclass
+class Index(Step):
+    """Gather elements by flat position across one or more inputs; position -1 reads zero.
+
+    Every op that only moves elements (slice, gather, transpose, concat, pad, ...)
+    becomes one of these: in FHE it costs no bootstrap.
+    """
+
+    positions: np.ndarray = None
+
+    def _gather(self, xs, zeros):
+        flats = [x.reshape((x.shape[0], -1)) for x in xs]
+        if np.any(self.positions < 0):
+            flats.append(zeros((xs[0].shape[0], 1)))
+        flat = flats[0] if len(flats) == 1 else np.concatenate(tuple(flats), axis=1)
+        out = flat[:, self.positions.ravel()]
+        return out.reshape((xs[0].shape[0], *self.positions.shape))
+
+    def numpy(self, *xs):
+        return self._gather(xs, lambda shape: np.zeros(shape, dtype=np.int64))
+
+    def fhe(self, *xs):
+        return self._gather(xs, fhe.zeros)
+
+
+@dataclass
+class TableLookup(Step):
+    """One programmable bootstrap per element: ``function`` maps integers to integers.
+
+    ``lsbs_to_remove`` is set by the rounding pass: the accumulator is rounded to
+    fewer bits before the lookup, which makes the bootstrap cheaper.
+    """
+
+    function: Callable[[np.ndarray], np.ndarray] = None
+    lsbs_to_remove: int = 0
+    exactness: str = "exact"
+    input_bounds: tuple = (0, 0)
+    output_bounds: tuple = (0, 0)
+    description: str = ""
+    n_elements: int = 0
+
+    def rounded(self, x):
+        return fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else x
+
+    def numpy(self, x):
+        return self.function(self.rounded(np.asarray(x, dtype=np.int64)))
+
+    def fhe(self, x):
+        if self.lsbs_to_remove:
+            exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
+            x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)
+        return fhe.univariate(self.function)(x)
+
+
+def bit_width(low: int, high: int) -> int:
+    """Bits of the smallest integer type, signed when ``low < 0``, holding ``[low, high]``."""
+    if low >= 0:
+        return max(int(high).bit_length(), 1)
+    return max(int(-low - 1).bit_length(), int(high).bit_length()) + 1

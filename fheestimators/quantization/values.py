@@ -1,0 +1,52 @@
+"""What the builder knows about an encrypted tensor while it walks the float graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Encrypted:
+    """An encrypted value, as ``fn(scale * q + offset)`` of the integer tensor ``source``.
+
+    ``scale`` and ``offset`` broadcast against one sample (a leading axis of 1), so
+    they can hold one number per channel or per element (biases, pooling counts).
+    ``fn`` gathers the element-wise ops not applied yet: they all fold into the table
+    lookup that materializes the value, or run in the clear after the last layer.
+    ``quantized`` marks values fit for a linear layer: an ``n``-bit integer times one scale.
+    """
+
+    source: str
+    scale: np.ndarray
+    offset: np.ndarray
+    fn: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    quantized: bool = False
+    ops: tuple = ()
+
+    def __post_init__(self):
+        self.scale = _compact(np.asarray(self.scale, dtype=np.float64))
+        self.offset = _compact(np.asarray(self.offset, dtype=np.float64))
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        values = self.scale * q + self.offset
+        return values if self.fn is None else np.asarray(self.fn(values), dtype=np.float64)
+
+    def same_source(self, other: "Encrypted") -> bool:
+        return (
+            self.source == other.source
+            and np.array_equal(self.scale, other.scale)
+            and np.array_equal(self.offset, other.offset)
+        )
+
+    @property
+    def affine(self) -> bool:
+        return self.fn is None
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """An array whose elements are all equal becomes a scalar: fewer distinct tables."""
+    if array.ndim and array.size and np.all(array == array.flat[0]):
+        return np.asarray(array.flat[0])
+    return array

@@ -1,0 +1,227 @@
+"""The torch front door: torch, Brevitas and ONNX models to FHE-ready ``QuantizedModule``s."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import onnx
+import torch
+from concrete import fhe
+
+from ..fhe.artifacts import DebugArtifacts
+from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, torch_to_onnx
+from ..onnx.graph import Graph
+from ..quantization.builder import build_program
+from ..quantization.module import QuantizedModule
+from ..quantization.quantizers import MAX_TLU_BIT_WIDTH, NBits
+from ..quantization.rounding import RoundingLike, apply_rounding
+
+__all__ = [
+    "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
+    "OPSET_VERSION_FOR_ONNX_EXPORT",
+    "build_quantized_module",
+    "compile_brevitas_qat_model",
+    "compile_onnx_model",
+    "compile_torch_model",
+    "convert_torch_tensor_or_numpy_array_to_numpy_array",
+    "has_any_qnn_layers",
+]
+
+MAX_BITWIDTH_BACKWARD_COMPATIBLE = 8
+Inputset = Union[torch.Tensor, np.ndarray, Tuple[Union[torch.Tensor, np.ndarray], ...]]
+
+
+def has_any_qnn_layers(torch_model: torch.nn.Module) -> bool:
+    """Tell a Brevitas (QAT) model from a plain torch one.
+
+    Parameters
+    ----------
+    torch_model : torch.nn.Module
+
+    Returns
+    -------
+    bool
+        True if any sub-module comes from ``brevitas.nn``.
+    """
+    return any(type(m).__module__.startswith("brevitas.nn") for m in torch_model.modules())
+
+
+def convert_torch_tensor_or_numpy_array_to_numpy_array(
+    torch_tensor_or_numpy_array: Union[torch.Tensor, np.ndarray],
+) -> np.ndarray:
+    """Return a numpy array for a torch tensor (detached, on CPU) or a numpy array."""
+    if isinstance(torch_tensor_or_numpy_array, torch.Tensor):
+        return torch_tensor_or_numpy_array.detach().cpu().numpy()
+    if isinstance(torch_tensor_or_numpy_array, np.ndarray):
+        return torch_tensor_or_numpy_array
+    raise TypeError(
+        f"expected a torch.Tensor or a numpy.ndarray, got {type(torch_tensor_or_numpy_array).__name__}"
+    )
+
+
+def _inputset_arrays(torch_inputset: Inputset) -> tuple[np.ndarray, ...]:
+    items = torch_inputset if isinstance(torch_inputset, (tuple, list)) else (torch_inputset,)
+    arrays = []
+    for i, item in enumerate(items):
+        array = convert_torch_tensor_or_numpy_array_to_numpy_array(item)
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise TypeError(f"inputset {i} has dtype {array.dtype}; expected numbers")
+        if array.ndim < 1 or array.shape[0] == 0:
+            raise ValueError("the inputset is empty: give at least one sample (ideally hundreds)")
+        array = array.astype(np.float64)
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"inputset {i} contains NaN or inf")
+        arrays.append(array)
+    if len({a.shape[0] for a in arrays}) > 1:
+        raise ValueError("every input of the inputset must have the same number of samples")
+    return tuple(arrays)
+
+
+def build_quantized_module(
+    model: Union[torch.nn.Module, onnx.ModelProto],
+    torch_inputset: Inputset,
+    import_qat: bool = False,
+    n_bits: Union[int, Dict[str, int]] = 8,
+    rounding_threshold_bits: RoundingLike = None,
+    reduce_sum_copy: bool = False,
+) -> QuantizedModule:
+    """Quantize a torch or ONNX model into a ``QuantizedModule``, without compiling it.
+
+    Parameters
+    ----------
+    model : torch.nn.Module or onnx.ModelProto
+    torch_inputset : tensor, array or tuple of them
+        Calibration data, one array per model input, samples on the first axis.
+    import_qat : bool
+        The model carries its own quantizers (QAT): keep them instead of re-quantizing.
+    n_bits : int or dict
+        An int, or a dict with ``op_inputs`` and ``op_weights`` (and optionally
+        ``model_inputs``, ``model_outputs``).
+    rounding_threshold_bits : None, int or dict
+        Round accumulators to this many bits before each table lookup; a dict gives
+        ``n_bits`` (int or "auto") and ``method`` ("exact" or "approximate").
+    reduce_sum_copy : bool
+        Accepted for compatibility: sums never widen their inputs here.
+
+    Returns
+    -------
+    QuantizedModule
+    """
+    arrays = _inputset_arrays(torch_inputset)
+    parsed_bits = NBits.parse(n_bits)
+    if import_qat:
+        raise NotImplementedError("import_qat=True is not available yet")
+    if isinstance(model, onnx.ModelProto):
+        onnx_model = model
+    elif isinstance(model, torch.nn.Module):
+        dummy = [torch.from_numpy(a[:2] if a.shape[0] > 1 else np.repeat(a, 2, axis=0)).float() for a in arrays]
+        onnx_model = torch_to_onnx(model, dummy)
+    else:
+        raise TypeError(f"expected a torch.nn.Module or an onnx.ModelProto, got {type(model).__name__}")
+    graph = Graph.from_onnx(onnx_model)
+    if len(graph.inputs) != len(arrays):
+        raise ValueError(f"the model takes {len(graph.inputs)} input(s) but the inputset has {len(arrays)}")
+    program = build_program(graph, arrays, parsed_bits)
+    calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
+    apply_rounding(program, calibration_q, rounding_threshold_bits)
+    program.measure_bounds(*calibration_q)
+    return QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
+
+
+def _compile(module: QuantizedModule, arrays, configuration, artifacts, show_mlir, p_error,
+             global_p_error, verbose, inputs_encryption_status) -> QuantizedModule:
+    if artifacts is not None:
+        artifacts.onnx_model = module.onnx_model
+        artifacts.quantized_graph = module.report()
+    module.compile(arrays, configuration=configuration, artifacts=artifacts, show_mlir=show_mlir,
+                   p_error=p_error, global_p_error=global_p_error, verbose=verbose,
+                   inputs_encryption_status=inputs_encryption_status)
+    return module
+
+
+def compile_torch_model(
+    torch_model: torch.nn.Module,
+    torch_inputset: Inputset,
+    import_qat: bool = False,
+    configuration: Optional[fhe.Configuration] = None,
+    artifacts: Optional[DebugArtifacts] = None,
+    show_mlir: bool = False,
+    n_bits: Union[int, Dict[str, int]] = 8,
+    rounding_threshold_bits: RoundingLike = None,
+    p_error: Optional[float] = None,
+    global_p_error: Optional[float] = None,
+    verbose: bool = False,
+    inputs_encryption_status: Optional[Sequence[str]] = None,
+    reduce_sum_copy: bool = False,
+) -> QuantizedModule:
+    """Quantize a trained torch model after training (PTQ) and compile it to FHE.
+
+    Parameters are those of ``build_quantized_module``, plus:
+
+    configuration : concrete.fhe.Configuration, optional
+        Compiler settings (ours default to multi-parameter selection).
+    artifacts : DebugArtifacts, optional
+        Filled with the ONNX model, the quantized graph and the MLIR.
+    show_mlir, verbose : bool
+        Print the MLIR / the per-layer report.
+    p_error, global_p_error : float, optional
+        Error probability of one bootstrap / of the whole circuit (give at most one).
+    inputs_encryption_status : sequence of "encrypted" / "clear", optional
+
+    Returns
+    -------
+    QuantizedModule
+        Compiled: ``forward(x, fhe="execute")`` runs encrypted.
+    """
+    if not isinstance(torch_model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(torch_model).__name__}")
+    module = build_quantized_module(torch_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
+                                    rounding_threshold_bits=rounding_threshold_bits,
+                                    reduce_sum_copy=reduce_sum_copy)
+    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                    p_error, global_p_error, verbose, inputs_encryption_status)
+
+
+def compile_onnx_model(
+    onnx_model: onnx.ModelProto,
+    torch_inputset: Inputset,
+    import_qat: bool = False,
+    configuration: Optional[fhe.Configuration] = None,
+    artifacts: Optional[DebugArtifacts] = None,
+    show_mlir: bool = False,
+    n_bits: Union[int, Dict[str, int]] = 8,
+    rounding_threshold_bits: RoundingLike = None,
+    p_error: Optional[float] = None,
+    global_p_error: Optional[float] = None,
+    verbose: bool = False,
+    inputs_encryption_status: Optional[Sequence[str]] = None,
+    reduce_sum_copy: bool = False,
+) -> QuantizedModule:
+    """Quantize and compile an ONNX model (e.g. exported from Keras); see ``compile_torch_model``."""
+    if not isinstance(onnx_model, onnx.ModelProto):
+        raise TypeError(f"expected an onnx.ModelProto, got {type(onnx_model).__name__}")
+    module = build_quantized_module(onnx_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
+                                    rounding_threshold_bits=rounding_threshold_bits,
+                                    reduce_sum_copy=reduce_sum_copy)
+    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                    p_error, global_p_error, verbose, inputs_encryption_status)
+
+
+def compile_brevitas_qat_model(
+    torch_model: torch.nn.Module,
+    torch_inputset: Inputset,
+    n_bits: Optional[Union[int, Dict[str, int]]] = None,
+    configuration: Optional[fhe.Configuration] = None,
+    artifacts: Optional[DebugArtifacts] = None,
+    show_mlir: bool = False,
+    rounding_threshold_bits: RoundingLike = None,
+    p_error: Optional[float] = None,
+    global_p_error: Optional[float] = None,
+    output_onnx_file: Union[None, Path, str] = None,
+    verbose: bool = False,
+    inputs_encryption_status: Optional[Sequence[str]] = None,
+    reduce_sum_copy: bool = False,
+) -> QuantizedModule:
+    """Compile a Brevitas quantization-aware-trained model, keeping its trained quantizers."""
+    raise NotImplementedError("compile_brevitas_qat_model is not available yet")
