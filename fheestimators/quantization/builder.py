@@ -57,7 +57,7 @@ class Builder:
             if quantizer.zero_point:
                 source = self.add(Shift(f"{name}.zero_point", [q_name], self.fresh(f"{name}.centered"),
                                         constant=-quantizer.zero_point))
-            self.values[name] = Encrypted(source, quantizer.scale, 0.0, quantized=True)
+            self.values[name] = Encrypted(source, quantizer.scale, 0.0, quantized=True, origin=name)
 
     # -- writing the program -------------------------------------------------
     def fresh(self, name: str) -> str:
@@ -114,11 +114,11 @@ class Builder:
         function = _lookup_function(value, scale, q_min, q_max)
         low, high = (int(v) for v in (self.ints[value.source].min(), self.ints[value.source].max()))
         out = self.add(TableLookup(
-            name, [value.source], self.fresh(f"{name}.tlu"), function=function,
+            value.origin or name, [value.source], self.fresh(f"{name}.tlu"), function=function,
             input_bounds=(low, high), description=" ∘ ".join(reversed(value.ops)) or "requantize",
             n_elements=int(np.prod(self.sample_shape(value))),
         ))
-        return Encrypted(out, scale, 0.0, quantized=True)
+        return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
 
     # -- walking the graph -----------------------------------------------------
     def build(self) -> IntegerProgram:

@@ -72,7 +72,8 @@ def elementwise(builder: Builder, node: Node, args: list) -> list:
         ]
         return op(*inputs, **attrs)
 
-    return [Encrypted(first.source, first.scale, first.offset, fn=composed, ops=first.ops + (node.op_type,))]
+    return [Encrypted(first.source, first.scale, first.offset, fn=composed, ops=first.ops + (node.op_type,),
+                      origin=first.origin)]
 
 
 def _casts_to_float(node: Node, args: list) -> bool:
@@ -92,24 +93,24 @@ def _fold_affine(node: Node, args: list, consts: list, shape: tuple):
     if not value.affine:
         return None
     if node.op_type == "Neg":
-        return Encrypted(value.source, -value.scale, -value.offset, quantized=value.quantized, ops=value.ops)
+        return Encrypted(value.source, -value.scale, -value.offset, quantized=value.quantized, ops=value.ops, origin=value.origin)
     const = np.asarray(consts[1 - position], dtype=np.float64)
     if np.broadcast_shapes(const.shape, shape) != shape:
         return None  # the constant would change the shape: keep it in a lookup
     scale, offset = value.scale, value.offset
     scalar = const.size == 1
     if node.op_type == "Add":
-        return Encrypted(value.source, scale, offset + const, ops=value.ops)
+        return Encrypted(value.source, scale, offset + const, ops=value.ops, origin=value.origin)
     if node.op_type == "Sub":
         if position == 0:
-            return Encrypted(value.source, scale, offset - const, ops=value.ops)
-        return Encrypted(value.source, -scale, const - offset, ops=value.ops)
+            return Encrypted(value.source, scale, offset - const, ops=value.ops, origin=value.origin)
+        return Encrypted(value.source, -scale, const - offset, ops=value.ops, origin=value.origin)
     if node.op_type == "Mul":
         return Encrypted(value.source, scale * const, offset * const,
-                         quantized=value.quantized and scalar and not np.any(const == 0), ops=value.ops)
+                         quantized=value.quantized and scalar and not np.any(const == 0), ops=value.ops, origin=value.origin)
     if position == 0 and not np.any(const == 0):  # Div by a constant
         return Encrypted(value.source, scale / const, offset / const,
-                         quantized=value.quantized and scalar, ops=value.ops)
+                         quantized=value.quantized and scalar, ops=value.ops, origin=value.origin)
     return None
 
 
@@ -120,7 +121,7 @@ def _encrypted_add(builder: Builder, node: Node, a: Encrypted, b: Encrypted) -> 
     qb = builder.materialize(b, f"{node.name}.rhs", scale=scale)
     out = builder.add(AddSub(node.name, [qa.source, qb.source], builder.fresh(node.outputs[0]),
                              subtract=node.op_type == "Sub"))
-    return Encrypted(out, scale, 0.0)
+    return Encrypted(out, scale, 0.0, origin=node.name)
 
 
 def _weights(args: list, node: Node, position: int) -> np.ndarray:
@@ -158,7 +159,7 @@ def _matmul(builder, node, value, weight, bias, left=False) -> Encrypted:
     x = builder.materialize(value, f"{node.name}.input")
     q_weight, w_scale = builder.quantize_weights(weight, node)
     out = builder.add(MatMul(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight, left=left))
-    return Encrypted(out, x.scale * w_scale, bias, ops=())
+    return Encrypted(out, x.scale * w_scale, bias, origin=node.name)
 
 
 def _explicit_pads(node: Node, in_shape: tuple, kernel: tuple, strides: tuple, dilations: tuple) -> list:
@@ -191,7 +192,7 @@ def conv(builder: Builder, node: Node, args: list) -> list:
                            pads=tuple(pads), strides=strides, dilations=dilations,
                            group=node.attrs.get("group", 1)))
     bias = args[2] if len(args) > 2 and args[2] is not None else np.zeros(1)
-    return [Encrypted(out, x.scale * w_scale, np.asarray(bias).reshape(-1, *([1] * spatial)))]
+    return [Encrypted(out, x.scale * w_scale, np.asarray(bias).reshape(-1, *([1] * spatial)), origin=node.name)]
 
 
 @rule("AveragePool")
@@ -213,7 +214,7 @@ def average_pool(builder: Builder, node: Node, args: list) -> list:
     else:
         counts = OPS["Conv"](np.ones((1, 1, *shape[2:])), np.ones((1, 1, *kernel)), None,
                              pads=pads, strides=list(strides))
-    return [Encrypted(out, x.scale / counts, 0.0)]
+    return [Encrypted(out, x.scale / counts, 0.0, origin=node.name)]
 
 
 @rule("GlobalAveragePool", "ReduceSum", "ReduceMean")
@@ -230,7 +231,7 @@ def reduce_sum(builder: Builder, node: Node, args: list) -> list:
         raise ValueError(f"{node.op_type} node {node.name!r} reduces over the batch axis")
     out = builder.add(ReduceSum(node.name, [x.source], builder.fresh(node.outputs[0]), axes=axes, keepdims=keepdims))
     count = 1 if node.op_type == "ReduceSum" else int(np.prod([builder.ints[x.source].shape[a] for a in axes]))
-    return [Encrypted(out, x.scale / count, 0.0)]
+    return [Encrypted(out, x.scale / count, 0.0, origin=node.name)]
 
 
 @rule(*DATA_MOVEMENT)
@@ -276,7 +277,7 @@ def data_movement(builder: Builder, node: Node, args: list) -> list:
         scale = _moved(builder, [v.scale for _, v in encrypted], encrypted, index)
         offset = _moved(builder, [v.offset for _, v in encrypted], encrypted, index)
         quantized = all(v.quantized for _, v in encrypted) and np.ndim(scale) == 0
-        results.append(Encrypted(out, scale, offset, quantized=quantized, ops=first.ops))
+        results.append(Encrypted(out, scale, offset, quantized=quantized, ops=first.ops, origin=first.origin))
     return results
 
 

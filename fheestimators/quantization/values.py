@@ -16,6 +16,7 @@ class Encrypted:
     ``fn`` gathers the element-wise ops not applied yet: they all fold into the table
     lookup that materializes the value, or run in the clear after the last layer.
     ``quantized`` marks values fit for a linear layer: an ``n``-bit integer times one scale.
+    ``origin`` names the layer whose output this is, for reports and errors.
     """
 
     source: str
@@ -24,6 +25,7 @@ class Encrypted:
     fn: Optional[Callable[[np.ndarray], np.ndarray]] = None
     quantized: bool = False
     ops: tuple = ()
+    origin: str = ""
 
     def __post_init__(self):
         self.scale = _compact(np.asarray(self.scale, dtype=np.float64))
