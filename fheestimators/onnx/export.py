@@ -54,3 +54,25 @@ def torch_to_onnx(model: torch.nn.Module, dummy_inputs: Sequence[torch.Tensor]) 
                 return program.model_proto
     finally:
         model.train(was_training)
+
+
+def brevitas_to_onnx(model: torch.nn.Module, dummy_inputs: Sequence[torch.Tensor],
+                     output_onnx_file=None) -> onnx.ModelProto:
+    """Export a Brevitas model to QONNX: its quantizers become ``Quant`` nodes."""
+    import tempfile
+    from pathlib import Path
+
+    from brevitas.export import export_qonnx
+
+    was_training = model.training
+    model.eval()
+    try:
+        with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            path = Path(output_onnx_file) if output_onnx_file is not None else Path(tmp) / "model.onnx"
+            with torch.no_grad():
+                export_qonnx(model, tuple(dummy_inputs) if len(dummy_inputs) > 1 else dummy_inputs[0],
+                             export_path=str(path), opset_version=OPSET_VERSION_FOR_ONNX_EXPORT)
+            return onnx.load(str(path))
+    finally:
+        model.train(was_training)

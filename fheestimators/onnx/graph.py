@@ -65,6 +65,8 @@ class Graph:
     nodes: list[Node]
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     onnx_model: onnx.ModelProto | None = None
+    # constants that a QAT quantizer put on a grid: name -> the grid's scale
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto) -> "Graph":
@@ -106,9 +108,18 @@ class Graph:
                 values = [self.constants[name] if name else None for name in node.inputs]
                 for name, value in zip(node.outputs, node.evaluate(*values)):
                     self.constants[name] = _as_float(np.asarray(value))
+                self._track_weight_scale(node)
             else:
                 remaining.append(node)
         self.nodes = remaining
+
+    def _track_weight_scale(self, node: Node) -> None:
+        """Remember the grid of quantized weights, also through a transpose or reshape."""
+        if node.op_type == "Quant" and np.size(self.constants[node.inputs[1]]) == 1:
+            self.weight_scales[node.outputs[0]] = self.constants[node.inputs[1]]
+        elif node.op_type in ("Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Cast"):
+            if node.inputs[0] in self.weight_scales:
+                self.weight_scales[node.outputs[0]] = self.weight_scales[node.inputs[0]]
 
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Evaluate the graph in float64 on a batch."""

@@ -643,3 +643,23 @@ def _arg_reduction(func: Callable[..., np.ndarray]):
 
 register("ArgMax")(_arg_reduction(np.argmax))
 register("ArgMin")(_arg_reduction(np.argmin))
+
+
+def quant_bounds(bit_width: float, signed: int, narrow: int) -> tuple[int, int]:
+    """Integer range of a QONNX ``Quant``: signed or not, narrow drops the lowest code."""
+    bits = int(np.rint(np.asarray(bit_width)).item())
+    if signed:
+        return -(2 ** (bits - 1)) + int(narrow), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1 - int(narrow)
+
+
+@register("Quant")
+def quant(x, scale, zero_point, bit_width, signed=1, narrow=0, rounding_mode="ROUND", **_):
+    """QONNX fake quantization (what Brevitas exports): ``scale * (clip(round(x/scale + zp)) - zp)``."""
+    if str(rounding_mode).upper() not in ("ROUND", "ROUND_TO_ZERO", "FLOOR", "CEIL"):
+        raise ValueError(f"Quant rounding_mode {rounding_mode!r} is not supported")
+    low, high = quant_bounds(bit_width, signed, narrow)
+    y = np.asarray(x, dtype=np.float64) / scale + zero_point
+    mode = str(rounding_mode).upper()
+    rounded = {"ROUND": np.rint, "ROUND_TO_ZERO": np.trunc, "FLOOR": np.floor, "CEIL": np.ceil}[mode](y)
+    return scale * (np.clip(rounded, low, high) - zero_point)

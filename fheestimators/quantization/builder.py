@@ -37,9 +37,13 @@ def rule(*op_types: str):
 class Builder:
     """Holds the program being written and the calibration data flowing through it."""
 
-    def __init__(self, graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits):
+    def __init__(self, graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits,
+                 qat: bool = False, strict_qat: bool = False):
         self.graph = graph
         self.n_bits = n_bits
+        self.qat = qat
+        self.strict_qat = strict_qat
+        self.skipped: set[int] = set()
         self.batch = calibration[0].shape[0]
         self.steps: list[Step] = []
         self.ints: dict[str, np.ndarray] = {}
@@ -48,7 +52,13 @@ class Builder:
         self.input_names = []
         self._names: set[str] = set()
         for name, data in zip(graph.inputs, calibration):
-            quantizer = UniformQuantizer.unsigned(data, n_bits.model_inputs)
+            quantizer = self._qat_input_quantizer(name) if qat else None
+            if quantizer is None and strict_qat:
+                raise ValueError(
+                    f"the model input {name!r} is not quantized: put a brevitas QuantIdentity "
+                    "at the entry of the network"
+                )
+            quantizer = quantizer or UniformQuantizer.unsigned(data, n_bits.model_inputs)
             self.input_quantizers.append(quantizer)
             q_name = self.fresh(f"{name}.q")
             self.input_names.append(q_name)
@@ -58,6 +68,26 @@ class Builder:
                 source = self.add(Shift(f"{name}.zero_point", [q_name], self.fresh(f"{name}.centered"),
                                         constant=-quantizer.zero_point))
             self.values[name] = Encrypted(source, quantizer.scale, 0.0, quantized=True, origin=name)
+            for index in self.skipped:
+                if self.graph.nodes[index].inputs[0] == name:
+                    self.values[self.graph.nodes[index].outputs[0]] = self.values[name]
+
+    def _qat_input_quantizer(self, name: str) -> Optional[UniformQuantizer]:
+        """A ``Quant`` applied straight to an input becomes the input quantizer, in the clear."""
+        from ..onnx.ops import quant_bounds
+
+        for index, node in enumerate(self.graph.nodes):
+            if node.op_type != "Quant" or node.inputs[0] != name:
+                continue
+            if not all(n in self.graph.constants for n in node.inputs[1:]):
+                return None
+            scale, zero_point, bits = (self.graph.constants[n] for n in node.inputs[1:])
+            if np.size(scale) != 1 or np.size(zero_point) != 1 or float(zero_point) != round(float(zero_point)):
+                return None
+            low, high = quant_bounds(bits, node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
+            self.skipped.add(index)
+            return UniformQuantizer(float(scale), int(round(float(zero_point))), low, high)
+        return None
 
     # -- writing the program -------------------------------------------------
     def fresh(self, name: str) -> str:
@@ -80,10 +110,59 @@ class Builder:
         return self.ints[value.source].shape[1:]
 
     # -- quantizing ------------------------------------------------------------
-    def quantize_weights(self, weights: np.ndarray, node: Node) -> tuple[np.ndarray, float]:
-        """Integer weights and their scale; QAT import overrides this to keep trained grids."""
+    def quantize_weights(self, weights: np.ndarray, node: Node, index: int) -> tuple[np.ndarray, float]:
+        """Integer weights and their scale.
+
+        Post-training: a symmetric ``op_weights``-bit quantizer. QAT: the trained grid,
+        read from the ``Quant`` node that produced the weights or found in their values.
+        """
+        if self.qat:
+            scale = self.graph.weight_scales.get(node.inputs[index])
+            scale = float(scale) if scale is not None else _grid_scale(weights)
+            if scale is not None:
+                q = np.rint(weights / scale)
+                if np.allclose(q * scale, weights, rtol=0, atol=1e-6 * max(scale, 1e-12) + 1e-7 * np.abs(weights).max()):
+                    return q.astype(np.int64), scale
+            if self.strict_qat:
+                raise ValueError(
+                    f"the weights of layer {node.name!r} are not quantized: use a brevitas "
+                    "QuantLinear / QuantConv2d layer"
+                )
         quantizer = UniformQuantizer.symmetric(weights, self.n_bits.op_weights)
         return quantizer.quantize(weights), quantizer.scale
+
+    def linear_input(self, value: Encrypted, node: Node) -> Encrypted:
+        """The input of a linear layer must be integers: a lookup makes them if needed."""
+        if self.strict_qat and not value.quantized:
+            raise ValueError(
+                f"the input of layer {node.name!r} is not quantized (after "
+                f"{' ∘ '.join(reversed(value.ops)) or value.origin or 'the previous layer'}): put a "
+                "brevitas QuantIdentity (or QuantReLU) before it"
+            )
+        return self.materialize(value, f"{node.name}.input")
+
+    def requantize(self, value: Encrypted, node: Node, params: list) -> Encrypted:
+        """A QAT quantizer on an encrypted value: one lookup with the trained scale."""
+        from ..onnx.ops import OPS
+
+        scale, zero_point, bits = params
+        if np.size(scale) != 1:
+            raise ValueError(f"Quant node {node.name!r}: only per-tensor scales are supported")
+        scale = float(scale)
+        dequantize, attrs = value.dequantize, node.attrs
+
+        def lookup(q):
+            with np.errstate(all="ignore"):
+                floats = np.nan_to_num(dequantize(np.asarray(q)), nan=0.0, posinf=1e300, neginf=-1e300)
+                return np.rint(OPS["Quant"](floats, scale, zero_point, bits, **attrs) / scale).astype(np.int64)
+
+        out = self.add(TableLookup(
+            value.origin or node.name, [value.source], self.fresh(f"{node.outputs[0]}.q"), function=lookup,
+            input_bounds=(int(self.ints[value.source].min()), int(self.ints[value.source].max())),
+            description=" ∘ ".join(("quant",) + tuple(reversed(value.ops))),
+            n_elements=int(np.prod(self.sample_shape(value))),
+        ))
+        return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
 
     def natural_scale(self, value: Encrypted) -> float:
         """The scale ``materialize`` would give: the value's own when already quantized."""
@@ -122,7 +201,9 @@ class Builder:
 
     # -- walking the graph -----------------------------------------------------
     def build(self) -> IntegerProgram:
-        for node in self.graph.nodes:
+        for index, node in enumerate(self.graph.nodes):
+            if index in self.skipped:
+                continue
             args = [self.values[name] if name else None for name in node.inputs]
             if not any(isinstance(a, Encrypted) for a in args):
                 results = node.evaluate(*args)  # shapes and constants computed from shapes
@@ -163,8 +244,22 @@ def _lookup_function(value: Encrypted, scale: float, q_min: int, q_max: int):
     return lookup
 
 
-def build_program(graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits) -> IntegerProgram:
-    """Quantize ``graph`` on ``calibration`` (one array per input) into an integer program."""
+def _grid_scale(weights: np.ndarray) -> Optional[float]:
+    """The step of the grid QAT weights lie on: the smallest gap between distinct values."""
+    values = np.unique(np.abs(weights[weights != 0]))
+    if values.size == 0:
+        return None
+    gaps = np.diff(np.concatenate([[0.0], values]))
+    return float(gaps.min())
+
+
+def build_program(graph: Graph, calibration: Sequence[np.ndarray], n_bits: NBits,
+                  qat: bool = False, strict_qat: bool = False) -> IntegerProgram:
+    """Quantize ``graph`` on ``calibration`` (one array per input) into an integer program.
+
+    ``qat`` keeps the model's own quantizers; ``strict_qat`` (Brevitas) also requires
+    every linear layer's input and weights to be quantized by the model.
+    """
     from . import rules  # noqa: F401  (fills RULES)
 
-    return Builder(graph, calibration, n_bits).build()
+    return Builder(graph, calibration, n_bits, qat=qat, strict_qat=strict_qat).build()

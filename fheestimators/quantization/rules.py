@@ -37,6 +37,13 @@ def _per_sample(builder: Builder, const: np.ndarray, like: tuple) -> np.ndarray:
     return const
 
 
+@rule("Quant")
+def quant(builder: Builder, node: Node, args: list) -> list:
+    if any(isinstance(a, Encrypted) for a in args[1:]):
+        raise ValueError(f"Quant node {node.name!r}: scale, zero-point and bit-width must be constants")
+    return [builder.requantize(args[0], node, args[1:])]
+
+
 @rule(*_PASS_THROUGH)
 def pass_through(builder: Builder, node: Node, args: list) -> list:
     return [args[0]]
@@ -156,8 +163,8 @@ def matmul(builder: Builder, node: Node, args: list) -> list:
 
 
 def _matmul(builder, node, value, weight, bias, left=False) -> Encrypted:
-    x = builder.materialize(value, f"{node.name}.input")
-    q_weight, w_scale = builder.quantize_weights(weight, node)
+    x = builder.linear_input(value, node)
+    q_weight, w_scale = builder.quantize_weights(weight, node, 0 if left else 1)
     out = builder.add(MatMul(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight, left=left))
     return Encrypted(out, x.scale * w_scale, bias, origin=node.name)
 
@@ -182,12 +189,12 @@ def _explicit_pads(node: Node, in_shape: tuple, kernel: tuple, strides: tuple, d
 def conv(builder: Builder, node: Node, args: list) -> list:
     value = args[0]
     weight = _weights(args, node, 1)
-    x = builder.materialize(value, f"{node.name}.input")
+    x = builder.linear_input(value, node)
     spatial = weight.ndim - 2
     strides = tuple(node.attrs.get("strides", [1] * spatial))
     dilations = tuple(node.attrs.get("dilations", [1] * spatial))
     pads = _explicit_pads(node, builder.ints[x.source].shape, weight.shape[2:], strides, dilations)
-    q_weight, w_scale = builder.quantize_weights(weight, node)
+    q_weight, w_scale = builder.quantize_weights(weight, node, 1)
     out = builder.add(Conv(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight,
                            pads=tuple(pads), strides=strides, dilations=dilations,
                            group=node.attrs.get("group", 1)))

@@ -10,7 +10,7 @@ import torch
 from concrete import fhe
 
 from ..fhe.artifacts import DebugArtifacts
-from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, torch_to_onnx
+from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch_to_onnx
 from ..onnx.graph import Graph
 from ..quantization.builder import build_program
 from ..quantization.module import QuantizedModule
@@ -108,25 +108,34 @@ def build_quantized_module(
     -------
     QuantizedModule
     """
+    return _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits)
+
+
+def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, brevitas=False,
+           output_onnx_file=None) -> QuantizedModule:
     arrays = _inputset_arrays(torch_inputset)
     parsed_bits = NBits.parse(n_bits)
-    if import_qat:
-        raise NotImplementedError("import_qat=True is not available yet")
-    if isinstance(model, onnx.ModelProto):
+    if brevitas:
+        onnx_model = brevitas_to_onnx(model, _dummy_inputs(arrays), output_onnx_file)
+    elif isinstance(model, onnx.ModelProto):
         onnx_model = model
     elif isinstance(model, torch.nn.Module):
-        dummy = [torch.from_numpy(a[:2] if a.shape[0] > 1 else np.repeat(a, 2, axis=0)).float() for a in arrays]
-        onnx_model = torch_to_onnx(model, dummy)
+        onnx_model = torch_to_onnx(model, _dummy_inputs(arrays))
     else:
         raise TypeError(f"expected a torch.nn.Module or an onnx.ModelProto, got {type(model).__name__}")
     graph = Graph.from_onnx(onnx_model)
     if len(graph.inputs) != len(arrays):
         raise ValueError(f"the model takes {len(graph.inputs)} input(s) but the inputset has {len(arrays)}")
-    program = build_program(graph, arrays, parsed_bits)
+    program = build_program(graph, arrays, parsed_bits, qat=import_qat or brevitas, strict_qat=brevitas)
     calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
     apply_rounding(program, calibration_q, rounding_threshold_bits)
     program.measure_bounds(*calibration_q)
     return QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
+
+
+def _dummy_inputs(arrays) -> list[torch.Tensor]:
+    """Two samples for the exporter: a batch of one would let it fix the batch size."""
+    return [torch.from_numpy(a[:2] if a.shape[0] > 1 else np.repeat(a, 2, axis=0)).float() for a in arrays]
 
 
 def _compile(module: QuantizedModule, arrays, configuration, artifacts, show_mlir, p_error,
@@ -223,5 +232,40 @@ def compile_brevitas_qat_model(
     inputs_encryption_status: Optional[Sequence[str]] = None,
     reduce_sum_copy: bool = False,
 ) -> QuantizedModule:
-    """Compile a Brevitas quantization-aware-trained model, keeping its trained quantizers."""
-    raise NotImplementedError("compile_brevitas_qat_model is not available yet")
+    """Compile a Brevitas quantization-aware-trained model, keeping its trained quantizers.
+
+    Bit-widths, scales and zero-points are read from the Brevitas quantizers: nothing
+    Brevitas quantized is quantized again, so the module predicts what the Brevitas
+    model predicts. The network must start with a ``QuantIdentity`` and quantize the
+    input of every linear layer (``QuantIdentity`` / ``QuantReLU``).
+
+    Parameters
+    ----------
+    torch_model : torch.nn.Module
+        A trained model built with ``brevitas.nn`` layers.
+    torch_inputset : tensor, array or tuple of them
+        Representative inputs, for compilation.
+    n_bits : None, int or dict
+        None uses the Brevitas settings. An int or a dict with ``model_inputs`` /
+        ``model_outputs`` sets the bits of values the model does not quantize itself
+        (e.g. an encrypted addition of two branches); default 8.
+    output_onnx_file : str or Path, optional
+        Where to keep the exported QONNX model (a temporary file otherwise).
+
+    Other parameters are those of ``compile_torch_model``.
+
+    Returns
+    -------
+    QuantizedModule
+    """
+    if not isinstance(torch_model, torch.nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(torch_model).__name__}")
+    if not has_any_qnn_layers(torch_model):
+        raise ValueError("the model has no brevitas layer: use compile_torch_model for plain torch models")
+    bits = 8 if n_bits is None else n_bits
+    if isinstance(bits, dict):
+        bits = {"op_inputs": 8, "op_weights": 8, **bits}
+    module = _build(torch_model, torch_inputset, True, bits, rounding_threshold_bits, brevitas=True,
+                    output_onnx_file=output_onnx_file)
+    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                    p_error, global_p_error, verbose, inputs_encryption_status)
