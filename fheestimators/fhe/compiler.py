@@ -59,7 +59,16 @@ def compile_function(
     compiler = fhe.Compiler(circuit_function, dict(zip(names, statuses)))
     samples = [tuple(sample) if n_inputs > 1 else sample[0] for sample in inputset]
     fhe_artifacts = artifacts.fhe if artifacts is not None else None
-    circuit = compiler.compile(samples, configuration=config, artifacts=fhe_artifacts)
+    try:
+        circuit = compiler.compile(samples, configuration=config, artifacts=fhe_artifacts)
+    except RuntimeError as error:
+        if "NoParametersFound" not in str(error):
+            raise
+        raise ValueError(
+            "concrete-python found no crypto-parameters for this circuit: its integers are "
+            "too wide for the requested error probability; lower n_bits, set "
+            "rounding_threshold_bits, or raise p_error"
+        ) from error
     if artifacts is not None:
         artifacts.mlir = circuit.mlir
     return circuit

@@ -13,7 +13,7 @@ from ..fhe.modes import FheMode
 from .program import IntegerProgram
 from .report import LayerReport, layer_reports, format_report
 from .steps import TableLookup, bit_width
-from .quantizers import MAX_TLU_BIT_WIDTH
+from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, MAX_TLU_BIT_WIDTH
 
 
 class QuantizedModule:
@@ -170,6 +170,15 @@ class QuantizedModule:
                     f"{MAX_TLU_BIT_WIDTH} bits: lower n_bits, prune weights (max_non_zero) or "
                     "set rounding_threshold_bits"
                 )
+        if self._calibration_q is None:
+            return
+        for step, width in self.program.step_bit_widths(*self._calibration_q):
+            if width > MAX_ACCUMULATOR_BIT_WIDTH:
+                raise ValueError(
+                    f"layer {step.name!r} produces {width}-bit integers on the inputset; FHE "
+                    f"supports up to {MAX_ACCUMULATOR_BIT_WIDTH} bits: lower the weight or "
+                    "activation bit-widths of this layer or prune its weights (max_non_zero)"
+                )
 
     def layer_reports(self) -> list[LayerReport]:
         return layer_reports(self.program)
@@ -180,7 +189,9 @@ class QuantizedModule:
 
     @property
     def max_bit_width(self) -> int:
-        return max((r.accumulator_bits for r in self.layer_reports()), default=0)
+        """The widest encrypted integer on the calibration data (what FHE parameters must hold)."""
+        widths = [w for _, w in self.program.step_bit_widths(*self._calibration_q)] if self._calibration_q else []
+        return max(widths + [r.accumulator_bits for r in self.layer_reports()], default=0)
 
 
 def _to_numpy(x) -> np.ndarray:

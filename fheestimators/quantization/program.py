@@ -67,14 +67,14 @@ class IntegerProgram:
                 step.input_bounds = (int(rounded.min()), int(rounded.max()))
                 step.output_bounds = (int(out.min()), int(out.max()))
 
-    def accumulator_bit_width(self, *q_inputs) -> int:
-        """The widest integer anywhere in the program on a data set."""
+    def step_bit_widths(self, *q_inputs) -> list[tuple[Step, int]]:
+        """Each step with the bit-width of its output on a data set."""
         values = dict(zip(self.input_names, q_inputs))
-        widest = max(bit_width(int(v.min()), int(v.max())) for v in values.values())
+        widths = []
         for step in self.steps:
             out = values[step.output] = step.numpy(*[values[name] for name in step.inputs])
-            widest = max(widest, bit_width(int(out.min()), int(out.max())))
-        return widest
+            widths.append((step, bit_width(int(out.min()), int(out.max()))))
+        return widths
 
 
 def _traced(step: Step, args):

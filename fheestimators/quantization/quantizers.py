@@ -10,6 +10,8 @@ NBitsLike = Union[int, Mapping[str, int]]
 
 # The largest table lookup concrete-python accepts, and the widest quantization we allow.
 MAX_TLU_BIT_WIDTH = 16
+# concrete-python finds no crypto-parameters for wider encrypted integers (measured: 28 ok, 32 not).
+MAX_ACCUMULATOR_BIT_WIDTH = 28
 MAX_N_BITS = 16
 DEFAULT_MODEL_BITS = 5
 
