@@ -1,0 +1,76 @@
+"""The network behind the estimators: a fully connected Brevitas QAT MLP."""
+from __future__ import annotations
+
+from typing import Type
+
+import brevitas.nn as qnn
+import torch
+from torch import nn
+
+__all__ = ["QATMLP"]
+
+
+class QATMLP(nn.Module):
+    """Quantized MLP: ``QuantIdentity → (QuantLinear → activation → QuantIdentity) × … → QuantLinear``.
+
+    Every linear layer sees integers of ``n_a_bits`` bits and has ``n_w_bits``-bit
+    weights; biases stay float (they fold into the table lookups). The output layer is
+    not re-quantized: its accumulator is dequantized in the clear.
+
+    Parameters
+    ----------
+    n_inputs, n_outputs : int
+        Set by the estimator from the data.
+    n_layers : int
+        Number of linear layers (hidden layers + 1).
+    n_hidden : int
+        Width of each hidden layer.
+    activation : type of torch.nn.Module
+        Any supported torch activation (ReLU, Sigmoid, SiLU, ...).
+    n_w_bits, n_a_bits : int
+        Bits of weights and activations.
+    n_input_bits : int
+        Bits of the quantized input features (cheap: the first layer sums few products).
+    max_non_zero : int or None
+        Most non-zero weights per neuron, enforced by pruning during training.
+    n_accum_bits : int or None
+        Target accumulator bit-width; derives ``max_non_zero`` when that is None.
+    """
+
+    def __init__(
+        self,
+        n_inputs: int,
+        n_outputs: int,
+        n_layers: int = 3,
+        n_hidden: int = 64,
+        activation: Type[nn.Module] = nn.ReLU,
+        n_w_bits: int = 3,
+        n_a_bits: int = 3,
+        n_input_bits: int = 6,
+        max_non_zero: int | None = None,
+        n_accum_bits: int | None = None,
+    ):
+        super().__init__()
+        if max_non_zero is None and n_accum_bits is not None:
+            from .pruning import max_non_zero_for
+
+            max_non_zero = max_non_zero_for(n_accum_bits, n_w_bits, n_a_bits)
+        self.max_non_zero = max_non_zero
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        widths = [n_inputs] + [n_hidden] * (n_layers - 1) + [n_outputs]
+        layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=n_input_bits, return_quant_tensor=True)]
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            layers.append(qnn.QuantLinear(fan_in, fan_out, bias=True, weight_bit_width=n_w_bits, bias_quant=None))
+            if i < len(widths) - 2:
+                layers.append(activation())
+                layers.append(qnn.QuantIdentity(bit_width=n_a_bits, return_quant_tensor=True))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return out.value if hasattr(out, "value") else out
+
+    @property
+    def linear_layers(self) -> list[qnn.QuantLinear]:
+        return [m for m in self.layers if isinstance(m, qnn.QuantLinear)]

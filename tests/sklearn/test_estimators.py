@@ -1,0 +1,134 @@
+"""NeuralNetClassifier / NeuralNetRegressor: scikit-learn behaviour and the three FHE modes."""
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_classification, make_regression
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
+from fheestimators.torch.compile import _build
+
+
+def build_quantized_module_from_brevitas(model, X):
+    return _build(model, X, True, 8, None, brevitas=True)
+
+SMALL = dict(module__n_layers=2, module__n_hidden=4, max_epochs=4, lr=0.05, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(n_samples=160, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    return X.astype(np.float32), y
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    X, y = data
+    torch.manual_seed(0)
+    return NeuralNetClassifier(**SMALL).fit(X, np.array(["no", "yes"])[y])
+
+
+def test_classifier_predicts_labels_and_probabilities(fitted, data):
+    X, _ = data
+    pred = fitted.predict(X)
+    assert set(pred) <= {"no", "yes"}
+    assert list(fitted.classes_) == ["no", "yes"]
+    proba = fitted.predict_proba(X)
+    assert proba.shape == (len(X), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert np.array_equal(fitted.classes_[proba.argmax(1)], pred)
+
+
+def test_classifier_learns(fitted, data):
+    X, y = data
+    assert fitted.score(X, np.array(["no", "yes"])[y]) > 0.7
+
+
+def test_simulate_equals_disable(fitted, data):
+    X, _ = data
+    np.testing.assert_array_equal(fitted.predict_proba(X, fhe="simulate"), fitted.predict_proba(X, fhe="disable"))
+
+
+def test_execute_on_one_sample(fitted, data):
+    X, _ = data
+    np.testing.assert_allclose(fitted.predict_proba(X[:1], fhe="execute"), fitted.predict_proba(X[:1]), atol=1e-9)
+
+
+def test_without_rounding_the_circuit_is_the_trained_brevitas_network(fitted, data):
+    X, _ = data
+    with torch.no_grad():
+        logits = fitted.module_(torch.from_numpy(X)).numpy()
+    exact = build_quantized_module_from_brevitas(fitted.module_, X)
+    np.testing.assert_allclose(exact.forward(X), logits, atol=1e-4)
+    # the default rounding changes some logits, rarely the decision
+    rounded = fitted.quantized_module_.forward(X)
+    assert np.mean(rounded.argmax(1) == logits.argmax(1)) > 0.9
+
+
+def test_pandas_input_and_float64(fitted, data):
+    X, _ = data
+    frame = pd.DataFrame(X.astype(np.float64), columns=list("abcd"))
+    np.testing.assert_array_equal(fitted.predict(frame), fitted.predict(X))
+
+
+def test_bad_inputs(fitted, data):
+    X, _ = data
+    with pytest.raises(ValueError, match="features"):
+        fitted.predict(X[:, :3])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        fitted.predict(bad)
+    with pytest.raises(ValueError, match="fhe="):
+        fitted.predict(X, fhe="bogus")
+    with pytest.raises(NotFittedError):
+        NeuralNetClassifier().predict(X)
+    with pytest.raises(ValueError, match="continuous|Unknown label"):
+        NeuralNetClassifier(**SMALL).fit(X, np.linspace(0, 1, len(X)))
+
+
+def test_pickle_round_trip(fitted, data):
+    X, _ = data
+    loaded = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X, fhe="simulate"), fitted.predict_proba(X))
+
+
+def test_clone_and_params():
+    clf = NeuralNetClassifier(module__n_hidden=7, lr=0.1, max_epochs=2)
+    params = clone(clf).get_params()
+    assert params["module__n_hidden"] == 7 and params["lr"] == 0.1 and params["max_epochs"] == 2
+    assert hasattr(NeuralNetClassifier, "compile") and callable(clf.compile)
+
+
+def test_pruning_keeps_max_non_zero_weights_per_neuron(data):
+    X, y = data
+    clf = NeuralNetClassifier(**{**SMALL, "module__max_non_zero": 2}).fit(X, y)
+    for layer in clf.module_.linear_layers:
+        if layer.in_features > 2:
+            assert int((layer.weight != 0).sum(dim=1).max()) <= 2
+
+
+def test_pipeline_and_grid_search(data):
+    X, y = data
+    pipe = make_pipeline(StandardScaler(), NeuralNetClassifier(**SMALL))
+    search = GridSearchCV(pipe, {"neuralnetclassifier__module__n_hidden": [3, 4]}, cv=2, n_jobs=1)
+    search.fit(X, y)
+    assert search.best_params_["neuralnetclassifier__module__n_hidden"] in (3, 4)
+    assert search.predict(X).shape == (len(X),)
+
+
+def test_regressor_multi_output():
+    X, y = make_regression(n_samples=120, n_features=3, n_targets=2, random_state=0)
+    y = (y / np.abs(y).max()).astype(np.float32)
+    reg = NeuralNetRegressor(**SMALL).fit(X.astype(np.float32), y)
+    pred = reg.predict(X)
+    assert pred.shape == (120, 2)
+    np.testing.assert_array_equal(reg.predict(X, fhe="simulate"), pred)
