@@ -70,9 +70,13 @@ def brevitas_to_onnx(model: torch.nn.Module, dummy_inputs: Sequence[torch.Tensor
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             path = Path(output_onnx_file) if output_onnx_file is not None else Path(tmp) / "model.onnx"
+            names = [f"input_{i}" for i in range(len(dummy_inputs))]
             with torch.no_grad():
+                # the TorchScript exporter keeps the batch axis free and names nodes after modules
                 export_qonnx(model, tuple(dummy_inputs) if len(dummy_inputs) > 1 else dummy_inputs[0],
-                             export_path=str(path), opset_version=OPSET_VERSION_FOR_ONNX_EXPORT)
+                             export_path=str(path), opset_version=OPSET_VERSION_FOR_ONNX_EXPORT,
+                             dynamo=False, input_names=names,
+                             dynamic_axes={name: {0: "batch"} for name in names})
             return onnx.load(str(path))
     finally:
         model.train(was_training)

@@ -4,10 +4,14 @@ from __future__ import annotations
 from typing import Type
 
 import brevitas.nn as qnn
+from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 import torch
 from torch import nn
 
 __all__ = ["QATMLP"]
+
+# Activations whose outputs are never negative: an unsigned quantizer doubles their resolution.
+NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
 
 
 class QATMLP(nn.Module):
@@ -64,7 +68,8 @@ class QATMLP(nn.Module):
             layers.append(qnn.QuantLinear(fan_in, fan_out, bias=True, weight_bit_width=n_w_bits, bias_quant=None))
             if i < len(widths) - 2:
                 layers.append(activation())
-                layers.append(qnn.QuantIdentity(bit_width=n_a_bits, return_quant_tensor=True))
+                quant = Uint8ActPerTensorFloat if issubclass(activation, NON_NEGATIVE) else Int8ActPerTensorFloat
+                layers.append(qnn.QuantIdentity(act_quant=quant, bit_width=n_a_bits, return_quant_tensor=True))
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -108,7 +108,8 @@ def build_quantized_module(
     -------
     QuantizedModule
     """
-    return _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits)
+    brevitas = isinstance(model, torch.nn.Module) and has_any_qnn_layers(model)
+    return _build(model, torch_inputset, import_qat or brevitas, n_bits, rounding_threshold_bits, brevitas=brevitas)
 
 
 def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, brevitas=False,
