@@ -45,6 +45,9 @@ class LookupNoise:
             if width is not None:
                 self.bit_widths[node.tag] = max(self.bit_widths.get(node.tag, 0), width)
 
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
     def __call__(self, step, x: np.ndarray) -> np.ndarray:
         width = self.bit_widths.get(step.name)
         if width is not None:

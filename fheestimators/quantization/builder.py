@@ -160,7 +160,7 @@ class Builder:
             value.origin or node.name, [value.source], self.fresh(f"{node.outputs[0]}.q"), function=lookup,
             input_bounds=(int(self.ints[value.source].min()), int(self.ints[value.source].max())),
             description=" ∘ ".join(("quant",) + tuple(reversed(value.ops))),
-            n_elements=int(np.prod(self.sample_shape(value))),
+            sample_shape=(1, *self.sample_shape(value)),
         ))
         return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
 
@@ -195,7 +195,7 @@ class Builder:
         out = self.add(TableLookup(
             value.origin or name, [value.source], self.fresh(f"{name}.tlu"), function=function,
             input_bounds=(low, high), description=" ∘ ".join(reversed(value.ops)) or "requantize",
-            n_elements=int(np.prod(self.sample_shape(value))),
+            sample_shape=(1, *self.sample_shape(value)),
         ))
         return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
 

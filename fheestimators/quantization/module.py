@@ -11,6 +11,7 @@ from ..fhe.compiler import compile_function
 from ..fhe.execution import LookupNoise, run_encrypted
 from ..fhe.modes import FheMode
 from .program import IntegerProgram
+from .rounding import exact_fallback
 from .report import LayerReport, layer_reports, format_report
 from .steps import TableLookup, bit_width
 from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, MAX_TLU_BIT_WIDTH
@@ -98,6 +99,7 @@ class QuantizedModule:
         if mode is FheMode.SIMULATE:
             if self._noise is None:
                 self._noise = LookupNoise(self.fhe_circuit)
+            self._noise.reseed(0)  # the same inputs give the same simulated outputs
             return self.program.run(*arrays, before_lookup=self._noise)
         return run_encrypted(self.fhe_circuit, arrays, progress=progress)
 
@@ -133,18 +135,28 @@ class QuantizedModule:
         q = q if isinstance(q, tuple) else (q,)
         self.check_bit_widths()
         inputset = [tuple(x[i : i + 1] for x in q) for i in range(q[0].shape[0])]
-        self.fhe_circuit = compile_function(
-            lambda *xs: self.program.run(*xs, backend="fhe"),
-            inputset,
-            n_inputs=self.n_inputs,
-            inputs_encryption_status=inputs_encryption_status,
-            configuration=configuration,
-            p_error=p_error,
-            global_p_error=global_p_error,
-            verbose=verbose,
-            show_mlir=show_mlir,
-            artifacts=artifacts,
-        )
+
+        def compile_program():
+            return compile_function(
+                lambda *xs: self.program.run(*xs, backend="fhe"),
+                inputset,
+                n_inputs=self.n_inputs,
+                inputs_encryption_status=inputs_encryption_status,
+                configuration=configuration,
+                p_error=p_error,
+                global_p_error=global_p_error,
+                verbose=verbose,
+                show_mlir=show_mlir,
+                artifacts=artifacts,
+            )
+
+        try:
+            self.fhe_circuit = compile_program()
+        except ValueError as error:
+            # an upstream limitation with per-element tables: retry those with exact rounding
+            if "could not broadcast" not in str(error) or not exact_fallback(self.program):
+                raise
+            self.fhe_circuit = compile_program()
         self._noise = None
         if verbose:
             print(self.report())

@@ -42,6 +42,9 @@ class NBits:
             unknown = set(n_bits) - allowed
             if unknown:
                 raise ValueError(f"unknown n_bits keys {sorted(unknown)}; valid keys: {sorted(allowed)}")
+            for key, value in n_bits.items():
+                if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                    raise TypeError(f"n_bits[{key!r}] must be an int, got {value!r}")
             missing = {"op_inputs", "op_weights"} - set(n_bits)
             if missing:
                 raise ValueError(f"n_bits dict must contain {sorted(missing)}")

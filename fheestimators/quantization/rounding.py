@@ -13,9 +13,9 @@ from .program import IntegerProgram
 from .steps import bit_width
 
 RoundingLike = Union[None, int, Mapping[str, Union[str, int]]]
-# With "auto", a lookup keeps the fewest bits whose outputs differ from the exact ones
-# on at most this share of the calibration values.
-AUTO_TOLERANCE = 0.01
+# With "auto", a lookup's input keeps this many bits more than its output has: finer
+# steps than the output's own would be rounded away by the lookup anyway.
+AUTO_MARGIN_BITS = 3
 
 
 def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Union[int, str], str]]:
@@ -49,35 +49,37 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     if parsed is None:
         return
     n_bits, method = parsed
-    values = _lookup_inputs(program, calibration)
+    program.measure_bounds(*calibration)
     for step in program.table_lookups:
         low, high = step.input_bounds
         width = bit_width(low, high)
         step.exactness = method
-        if n_bits == "auto":
-            step.lsbs_to_remove = _auto_lsbs(step, values[step.output], width)
-        else:
-            step.lsbs_to_remove = max(width - n_bits, 0)
+        target = bit_width(*step.output_bounds) + AUTO_MARGIN_BITS if n_bits == "auto" else n_bits
+        lsbs = max(width - target, 0)
+        # removing a single bit buys nothing and costs a rounding step
+        step.lsbs_to_remove = lsbs if lsbs >= 2 or n_bits != "auto" else 0
 
 
-def _lookup_inputs(program: IntegerProgram, calibration: tuple) -> dict[str, np.ndarray]:
-    found = {}
+def exact_fallback(program: IntegerProgram) -> bool:
+    """Switch per-element lookups from approximate to exact rounding; True if any changed.
 
-    def record(step, x):
-        found[step.output] = x
-        return x
+    concrete-python 2.11 fails to shrink per-element tables after approximate rounding
+    (mlir/converter.py, ``tlu``, multi-table branch): those lookups must round exactly.
+    """
+    changed = False
+    for step in program.table_lookups:
+        if step.lsbs_to_remove and step.exactness == "approximate" and _per_element(step):
+            step.exactness = "exact"
+            changed = True
+    return changed
 
-    program.run(*calibration, before_lookup=record)
-    return found
 
-
-def _auto_lsbs(step, x: np.ndarray, width: int) -> int:
-    exact = step.function(x)
-    best = 0
-    for lsbs in range(1, width):
-        unit, half = 1 << lsbs, 1 << (lsbs - 1)
-        rounded = (x + half) // unit * unit
-        if np.mean(step.function(rounded) != exact) > AUTO_TOLERANCE:
-            break
-        best = lsbs
-    return best
+def _per_element(step) -> bool:
+    """Whether the lookup's table differs between elements (biases, per-channel scales)."""
+    low, high = step.input_bounds
+    probes = np.unique(np.linspace(low, high, 9).round().astype(np.int64))
+    for value in probes:
+        out = step.function(np.full(step.sample_shape, value, dtype=np.int64))
+        if np.any(out != out.flat[0]):
+            return True
+    return False

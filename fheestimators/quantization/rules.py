@@ -44,6 +44,12 @@ def quant(builder: Builder, node: Node, args: list) -> list:
     return [builder.requantize(args[0], node, args[1:])]
 
 
+@rule("Shape")
+def shape(builder: Builder, node: Node, args: list) -> list:
+    """The shape on the calibration batch: reshapes that follow keep the batch axis free."""
+    return [node.evaluate(builder.ints[args[0].source])[0]]
+
+
 @rule(*_PASS_THROUGH)
 def pass_through(builder: Builder, node: Node, args: list) -> list:
     return [args[0]]
@@ -68,19 +74,15 @@ def elementwise(builder: Builder, node: Node, args: list) -> list:
     folded = _fold_affine(node, args, consts, shape)
     if folded is not None:
         return [folded]
-    fns = [a.fn if isinstance(a, Encrypted) else None for a in args]
-    is_encrypted = [isinstance(a, Encrypted) for a in args]
+    # the lookup reads the source integers; each argument dequantizes them its own way
+    dequantizers = [a.dequantize if isinstance(a, Encrypted) else None for a in args]
     op, attrs = OPS[node.op_type], node.attrs
 
-    def composed(values):
-        inputs = [
-            (fn(values) if fn is not None else values) if enc else const
-            for enc, fn, const in zip(is_encrypted, fns, consts)
-        ]
+    def composed(q):
+        inputs = [deq(q) if deq is not None else const for deq, const in zip(dequantizers, consts)]
         return op(*inputs, **attrs)
 
-    return [Encrypted(first.source, first.scale, first.offset, fn=composed, ops=first.ops + (node.op_type,),
-                      origin=first.origin)]
+    return [Encrypted(first.source, 1.0, 0.0, fn=composed, ops=first.ops + (node.op_type,), origin=first.origin)]
 
 
 def _casts_to_float(node: Node, args: list) -> bool:
@@ -95,7 +97,10 @@ def _fold_affine(node: Node, args: list, consts: list, shape: tuple):
     """``scale*q + offset`` followed by +, -, *, / with a constant stays affine: no lookup."""
     if node.op_type not in ("Add", "Sub", "Mul", "Div", "Neg"):
         return None
-    position = next(i for i, a in enumerate(args) if isinstance(a, Encrypted))
+    positions = [i for i, a in enumerate(args) if isinstance(a, Encrypted)]
+    if len(positions) > 1:
+        return None  # a function of the value with itself (x * sigmoid(x)): a lookup
+    position = positions[0]
     value = args[position]
     if not value.affine:
         return None

@@ -149,7 +149,12 @@ class TableLookup(Step):
     input_bounds: tuple = (0, 0)
     output_bounds: tuple = (0, 0)
     description: str = ""
-    n_elements: int = 0
+    sample_shape: tuple = (1,)
+
+    @property
+    def n_elements(self) -> int:
+        """Bootstraps per sample: one per element."""
+        return int(np.prod(self.sample_shape))
 
     def rounded(self, x):
         return fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else x

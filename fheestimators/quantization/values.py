@@ -36,11 +36,8 @@ class Encrypted:
         return values if self.fn is None else np.asarray(self.fn(values), dtype=np.float64)
 
     def same_source(self, other: "Encrypted") -> bool:
-        return (
-            self.source == other.source
-            and np.array_equal(self.scale, other.scale)
-            and np.array_equal(self.offset, other.offset)
-        )
+        """Both are functions of the same integers, so one lookup can compute any mix of them."""
+        return self.source == other.source
 
     @property
     def affine(self) -> bool:

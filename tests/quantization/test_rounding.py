@@ -1,0 +1,137 @@
+"""Accumulator rounding before table lookups (``rounding_threshold_bits``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from concrete import fhe
+from torch import nn
+
+from fheestimators.quantization.rounding import parse_rounding
+from fheestimators.torch.compile import build_quantized_module, compile_torch_model
+
+N_BITS = 6
+N_HIDDEN = 16
+
+
+def make_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(2, N_HIDDEN), nn.ReLU(), nn.Linear(N_HIDDEN, 3)).eval()
+
+
+X = torch.randn(200, 2, generator=torch.Generator().manual_seed(1))
+
+
+def torch_output(model) -> np.ndarray:
+    with torch.no_grad():
+        return model(X).numpy().astype(np.float64)
+
+
+def relative_error(y, reference) -> float:
+    return float(np.abs(y - reference).max() / np.ptp(reference))
+
+
+@pytest.fixture(scope="module")
+def unrounded():
+    model = make_model()
+    module = build_quantized_module(model, X, n_bits=N_BITS)
+    return model, module
+
+
+def test_unrounded_accumulator_is_wide(unrounded):
+    model, module = unrounded
+    (report,) = module.layer_reports()
+    assert report.lsbs_removed == 0
+    assert report.lookup_bits == report.accumulator_bits > 8
+    assert relative_error(module.forward(X.numpy()), torch_output(model)) < 0.05
+
+
+@pytest.mark.parametrize("rounding", [4, {"n_bits": 4}, {"n_bits": 4, "method": "exact"},
+                                      {"n_bits": 4, "method": "approximate"},
+                                      {"n_bits": 4, "method": fhe.Exactness.EXACT}], ids=repr)
+def test_fixed_rounding_to_4_bits(unrounded, rounding):
+    model, base = unrounded
+    module = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits=rounding)
+    (report,) = module.layer_reports()
+    (base_report,) = base.layer_reports()
+    assert report.lookup_bits <= 4
+    assert report.lsbs_removed == base_report.accumulator_bits - 4 > 0
+    assert report.table_lookups == N_HIDDEN
+    # 16 levels per hidden unit instead of thousands: coarser, but still the same function
+    assert relative_error(module.forward(X.numpy()), torch_output(model)) < 0.25
+
+
+@pytest.mark.parametrize("rounding", [None, 16, 15], ids=repr)
+def test_no_rounding_when_the_threshold_is_not_below_the_accumulator(unrounded, rounding):
+    model, base = unrounded
+    module = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits=rounding)
+    assert module.layer_reports()[0].lsbs_removed == 0
+    np.testing.assert_array_equal(module.forward(X.numpy()), base.forward(X.numpy()))
+
+
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_compiled_rounding_to_4_bits(unrounded, method):
+    model, _ = unrounded
+    module = compile_torch_model(model, X, n_bits=N_BITS,
+                                 rounding_threshold_bits={"n_bits": 4, "method": method})
+    assert module.layer_reports()[0].lookup_bits <= 4
+    pbs = module.fhe_circuit.programmable_bootstrap_count
+    if method == "approximate":
+        assert pbs == N_HIDDEN
+    else:
+        assert pbs >= N_HIDDEN  # exact rounding may spend extra bootstraps on the removed bits
+        sample = X[:20].numpy()
+        np.testing.assert_array_equal(module.forward(sample, fhe="simulate"),
+                                      module.forward(sample, fhe="disable"))
+
+
+def test_auto_rounding_removes_bits_and_keeps_accuracy(unrounded):
+    model, base = unrounded
+    module = build_quantized_module(model, X, n_bits=N_BITS,
+                                    rounding_threshold_bits={"n_bits": "auto", "method": "approximate"})
+    (report,) = module.layer_reports()
+    assert report.lsbs_removed > 0
+    assert report.lookup_bits < report.accumulator_bits
+    reference = torch_output(model)
+    base_error = relative_error(base.forward(X.numpy()), reference)
+    assert relative_error(module.forward(X.numpy()), reference) <= base_error + 0.02
+    assert relative_error(module.forward(X.numpy()), base.forward(X.numpy())) <= 0.02
+
+
+def test_auto_rounding_compiles(unrounded):
+    model, _ = unrounded
+    module = compile_torch_model(model, X, n_bits=N_BITS,
+                                 rounding_threshold_bits={"n_bits": "auto", "method": "approximate"})
+    sample = X[:20].numpy()
+    np.testing.assert_array_equal(module.forward(sample, fhe="simulate"), module.forward(sample))
+
+
+@pytest.mark.parametrize(
+    "rounding, error, match",
+    [
+        (1, ValueError, "out of range"),
+        (0, ValueError, "out of range"),
+        (17, ValueError, "out of range"),
+        ({"n_bits": 4, "method": "bogus"}, ValueError, "method"),
+        ({"bits": 4}, ValueError, "unknown rounding_threshold_bits key"),
+        ("4", TypeError, "int or 'auto'"),
+        (4.0, TypeError, "int or 'auto'"),
+        (True, TypeError, "int or 'auto'"),
+        ({"n_bits": "many"}, TypeError, "int or 'auto'"),
+    ],
+    ids=repr,
+)
+def test_invalid_rounding(rounding, error, match):
+    with pytest.raises(error, match=match):
+        parse_rounding(rounding)
+    with pytest.raises(error, match=match):
+        build_quantized_module(make_model(), X, n_bits=N_BITS, rounding_threshold_bits=rounding)
+
+
+def test_parse_rounding_values():
+    assert parse_rounding(None) is None
+    assert parse_rounding(5) == (5, "approximate")
+    assert parse_rounding({"n_bits": 5, "method": "EXACT"}) == (5, "exact")
+    assert parse_rounding({"method": "exact"}) == ("auto", "exact")
+    assert parse_rounding({"n_bits": "auto"}) == ("auto", "approximate")
+    assert parse_rounding({"n_bits": 6, "method": fhe.Exactness.APPROXIMATE}) == (6, "approximate")
