@@ -22,7 +22,35 @@ MAX_COMPILE_SAMPLES = 2000
 
 
 class FheMixin:
-    """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model."""
+    """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
+
+    Holds the settings both estimators share; each sets its own default ``criterion``.
+    """
+
+    def __init__(
+        self,
+        module=QATMLP,
+        *args,
+        criterion,
+        optimizer=torch.optim.Adam,
+        lr=0.01,
+        max_epochs=20,
+        batch_size=128,
+        train_split=None,
+        verbose=0,
+        rounding_threshold_bits=DEFAULT_ROUNDING,
+        p_error=None,
+        global_p_error=None,
+        **kwargs,
+    ):
+        super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
+                         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
+                         verbose=verbose, **kwargs)
+        self.rounding_threshold_bits = rounding_threshold_bits
+        self.p_error = p_error
+        self.global_p_error = global_p_error
+        # skorch's ``compile`` (torch.compile) flag would hide our ``compile`` method
+        vars(self).pop("compile", None)
 
     def _check_X(self, X, reset: bool) -> np.ndarray:
         if hasattr(X, "to_numpy"):
@@ -124,30 +152,8 @@ class NeuralNetClassifier(FheMixin, skorch.NeuralNetClassifier):
     >>> clf.predict(X[:2], fhe="execute")                       # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        module=QATMLP,
-        *args,
-        criterion=torch.nn.CrossEntropyLoss,
-        optimizer=torch.optim.Adam,
-        lr=0.01,
-        max_epochs=20,
-        batch_size=128,
-        train_split=None,
-        verbose=0,
-        rounding_threshold_bits=DEFAULT_ROUNDING,
-        p_error=None,
-        global_p_error=None,
-        **kwargs,
-    ):
-        super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
-                         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
-                         verbose=verbose, **kwargs)
-        self.rounding_threshold_bits = rounding_threshold_bits
-        self.p_error = p_error
-        self.global_p_error = global_p_error
-        # skorch's ``compile`` (torch.compile) flag would hide our ``compile`` method
-        vars(self).pop("compile", None)
+    def __init__(self, module=QATMLP, *args, criterion=torch.nn.CrossEntropyLoss, **kwargs):
+        super().__init__(module, *args, criterion=criterion, **kwargs)
 
     def fit(self, X, y, **fit_params):
         """Train with QAT (and pruning), then compile on ``X``."""
@@ -191,30 +197,8 @@ class NeuralNetClassifier(FheMixin, skorch.NeuralNetClassifier):
 class NeuralNetRegressor(FheMixin, skorch.NeuralNetRegressor):
     """A QAT neural network regressor that predicts on encrypted data; see ``NeuralNetClassifier``."""
 
-    def __init__(
-        self,
-        module=QATMLP,
-        *args,
-        criterion=torch.nn.MSELoss,
-        optimizer=torch.optim.Adam,
-        lr=0.01,
-        max_epochs=20,
-        batch_size=128,
-        train_split=None,
-        verbose=0,
-        rounding_threshold_bits=DEFAULT_ROUNDING,
-        p_error=None,
-        global_p_error=None,
-        **kwargs,
-    ):
-        super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
-                         max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
-                         verbose=verbose, **kwargs)
-        self.rounding_threshold_bits = rounding_threshold_bits
-        self.p_error = p_error
-        self.global_p_error = global_p_error
-        # skorch's ``compile`` (torch.compile) flag would hide our ``compile`` method
-        vars(self).pop("compile", None)
+    def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, **kwargs):
+        super().__init__(module, *args, criterion=criterion, **kwargs)
 
     def fit(self, X, y, **fit_params):
         """Train with QAT (and pruning), then compile on ``X``."""
