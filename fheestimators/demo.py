@@ -45,7 +45,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--hidden", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--n-bits", type=int, default=6)
-    parser.add_argument("--rounding-bits", type=int, default=7)
+    parser.add_argument("--rounding-bits", type=int, default=6)
+    parser.add_argument("--rounding-method", choices=["exact", "approximate"], default="exact")
     parser.add_argument("--fhe-samples", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -58,7 +59,7 @@ def main(argv=None) -> dict:
 
     start = time.perf_counter()
     module = compile_torch_model(model, X_train, n_bits=args.n_bits,
-                                 rounding_threshold_bits={"n_bits": args.rounding_bits, "method": "approximate"})
+                                 rounding_threshold_bits={"n_bits": args.rounding_bits, "method": args.rounding_method})
     compile_s = time.perf_counter() - start
     print(module.report())
 
