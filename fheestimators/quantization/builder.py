@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from ..onnx.graph import Graph, Node
-from ..onnx.ops import OPS
+from ..onnx.ops import OPS, quant_bounds
 from .program import IntegerProgram, Output
 from .quantizers import NBits, UniformQuantizer
 from .steps import Shift, Step, TableLookup
@@ -52,7 +52,7 @@ class Builder:
         self.input_names = []
         self._names: set[str] = set()
         for name, data in zip(graph.inputs, calibration):
-            quantizer = self._qat_input_quantizer(name) if qat else None
+            quantizer, entry_quant = self._qat_input_quantizer(name) if qat else (None, None)
             if quantizer is None and strict_qat:
                 raise ValueError(
                     f"the model input {name!r} is not quantized: put a brevitas QuantIdentity "
@@ -68,26 +68,26 @@ class Builder:
                 source = self.add(Shift(f"{name}.zero_point", [q_name], self.fresh(f"{name}.centered"),
                                         constant=-quantizer.zero_point))
             self.values[name] = Encrypted(source, quantizer.scale, 0.0, quantized=True, origin=name)
-            for index in self.skipped:
-                if self.graph.nodes[index].inputs[0] == name:
-                    self.values[self.graph.nodes[index].outputs[0]] = self.values[name]
+            if entry_quant is not None:  # already applied, in the clear
+                self.values[entry_quant.outputs[0]] = self.values[name]
 
-    def _qat_input_quantizer(self, name: str) -> Optional[UniformQuantizer]:
-        """A ``Quant`` applied straight to an input becomes the input quantizer, in the clear."""
-        from ..onnx.ops import quant_bounds
+    def _qat_input_quantizer(self, name: str) -> tuple[Optional[UniformQuantizer], Optional[Node]]:
+        """A ``Quant`` applied straight to an input becomes the input quantizer, in the clear.
 
+        Returns the quantizer and that ``Quant`` node (then skipped by the walk), or Nones.
+        """
         for index, node in enumerate(self.graph.nodes):
             if node.op_type != "Quant" or node.inputs[0] != name:
                 continue
             if not all(n in self.graph.constants for n in node.inputs[1:]):
-                return None
+                return None, None
             scale, zero_point, bits = (self.graph.constants[n] for n in node.inputs[1:])
             if np.size(scale) != 1 or np.size(zero_point) != 1 or float(zero_point) != round(float(zero_point)):
-                return None
+                return None, None
             low, high = quant_bounds(bits, node.attrs.get("signed", 1), node.attrs.get("narrow", 0))
             self.skipped.add(index)
-            return UniformQuantizer(float(scale), int(round(float(zero_point))), low, high)
-        return None
+            return UniformQuantizer(float(scale), int(round(float(zero_point))), low, high), node
+        return None, None
 
     # -- writing the program -------------------------------------------------
     def fresh(self, name: str) -> str:
@@ -143,26 +143,14 @@ class Builder:
 
     def requantize(self, value: Encrypted, node: Node, params: list) -> Encrypted:
         """A QAT quantizer on an encrypted value: one lookup with the trained scale."""
-        from ..onnx.ops import OPS
-
         scale, zero_point, bits = params
         if np.size(scale) != 1:
             raise ValueError(f"Quant node {node.name!r}: only per-tensor scales are supported")
-        scale = float(scale)
-        dequantize, attrs = value.dequantize, node.attrs
-
-        def lookup(q):
-            with np.errstate(all="ignore"):
-                floats = np.nan_to_num(dequantize(np.asarray(q)), nan=0.0, posinf=1e300, neginf=-1e300)
-                return np.rint(OPS["Quant"](floats, scale, zero_point, bits, **attrs) / scale).astype(np.int64)
-
-        out = self.add(TableLookup(
-            value.origin or node.name, [value.source], self.fresh(f"{node.outputs[0]}.q"), function=lookup,
-            input_bounds=(int(self.ints[value.source].min()), int(self.ints[value.source].max())),
-            description=" ∘ ".join(("quant",) + tuple(reversed(value.ops))),
-            sample_shape=(1, *self.sample_shape(value)),
-        ))
-        return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
+        scale, attrs = float(scale), node.attrs
+        return self._write_lookup(
+            value, f"{node.outputs[0]}.q", scale, " ∘ ".join(("quant",) + tuple(reversed(value.ops))),
+            lambda floats: np.rint(OPS["Quant"](floats, scale, zero_point, bits, **attrs) / scale),
+        )
 
     def natural_scale(self, value: Encrypted) -> float:
         """The scale ``materialize`` would give: the value's own when already quantized."""
@@ -190,12 +178,26 @@ class Builder:
             scale = quantizer.scale
         else:
             q_min, q_max = -(2**62), 2**62
-        function = _lookup_function(value, scale, q_min, q_max)
-        low, high = (int(v) for v in (self.ints[value.source].min(), self.ints[value.source].max()))
+        return self._write_lookup(
+            value, f"{name}.tlu", scale, " ∘ ".join(reversed(value.ops)) or "requantize",
+            lambda floats: np.clip(np.rint(floats / scale), q_min, q_max),
+        )
+
+    def _write_lookup(self, value: Encrypted, name: str, scale: float, description: str,
+                      to_integers: Callable[[np.ndarray], np.ndarray]) -> Encrypted:
+        """Append the lookup ``to_integers(value)`` (integers in units of ``scale``)."""
+        dequantize = value.dequantize
+
+        def lookup(q):
+            with np.errstate(all="ignore"):
+                floats = np.nan_to_num(dequantize(np.asarray(q)), nan=0.0, posinf=1e300, neginf=-1e300)
+                return to_integers(floats).astype(np.int64)
+
+        source = self.ints[value.source]
         out = self.add(TableLookup(
-            value.origin or name, [value.source], self.fresh(f"{name}.tlu"), function=function,
-            input_bounds=(low, high), description=" ∘ ".join(reversed(value.ops)) or "requantize",
-            sample_shape=(1, *self.sample_shape(value)),
+            value.origin or name, [value.source], self.fresh(name), function=lookup,
+            input_bounds=(int(source.min()), int(source.max())), description=description,
+            sample_shape=(1, *source.shape[1:]),
         ))
         return Encrypted(out, scale, 0.0, quantized=True, origin=value.origin)
 
@@ -230,18 +232,6 @@ class Builder:
             outputs=outputs,
             sample_shapes=[self.ints[n].shape[1:] for n in self.input_names],
         )
-
-
-def _lookup_function(value: Encrypted, scale: float, q_min: int, q_max: int):
-    """The table of a lookup: dequantize, apply the pending ops, quantize on ``scale``."""
-    dequantize = value.dequantize
-
-    def lookup(q):
-        with np.errstate(all="ignore"):
-            floats = np.nan_to_num(dequantize(np.asarray(q)), nan=0.0, posinf=1e300, neginf=-1e300)
-            return np.clip(np.rint(floats / scale), q_min, q_max).astype(np.int64)
-
-    return lookup
 
 
 def _grid_scale(weights: np.ndarray) -> Optional[float]:
