@@ -9,7 +9,6 @@ import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_array
-from skorch.dataset import ValidSplit
 
 from ..torch.compile import compile_brevitas_qat_model
 from .pruning import PruneWeights
@@ -206,7 +205,7 @@ class NeuralNetRegressor(FheMixin, skorch.NeuralNetRegressor):
         y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float32)
         if not np.all(np.isfinite(y)):
             raise ValueError("y contains NaN or inf")
-        self._y_1d = y.ndim == 1
+        self.y_is_1d_ = y.ndim == 1
         y2 = y.reshape(-1, 1) if y.ndim == 1 else y
         self.n_outputs_ = y2.shape[1]
         super().fit(X, y2, **fit_params)
@@ -216,4 +215,4 @@ class NeuralNetRegressor(FheMixin, skorch.NeuralNetRegressor):
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
         """Predicted values; ``fhe`` is "disable", "simulate" or "execute"."""
         out = self._fhe_forward(X, fhe)
-        return out.ravel() if self._y_1d else out
+        return out.ravel() if self.y_is_1d_ else out
