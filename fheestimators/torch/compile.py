@@ -13,6 +13,7 @@ from ..fhe.artifacts import DebugArtifacts
 from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch_to_onnx
 from ..onnx.graph import Graph
 from ..quantization.builder import build_program
+from ..quantization.dead_lookups import remove_dead_lookups
 from ..quantization.module import QuantizedModule
 from ..quantization.quantizers import MAX_TLU_BIT_WIDTH, NBits
 from ..quantization.rounding import RoundingLike, apply_rounding
@@ -128,6 +129,7 @@ def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, b
     if len(graph.inputs) != len(arrays):
         raise ValueError(f"the model takes {len(graph.inputs)} input(s) but the inputset has {len(arrays)}")
     program = build_program(graph, arrays, parsed_bits, qat=import_qat or brevitas, strict_qat=brevitas)
+    remove_dead_lookups(program)
     calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
     apply_rounding(program, calibration_q, rounding_threshold_bits)
     program.measure_bounds(*calibration_q)

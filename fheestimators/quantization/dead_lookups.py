@@ -1,0 +1,89 @@
+"""Drop the table lookups of neurons that cannot change the result.
+
+A neuron between two linear layers costs one bootstrap. Pruning leaves neurons whose
+outgoing weights are all zero (nothing reads them) and neurons whose incoming weights
+are all zero (their lookup always returns the same number, which folds into the next
+layer as a constant). Neither needs a bootstrap.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from .program import IntegerProgram
+from .steps import Index, MatMul, Shift, Step, TableLookup
+
+
+def remove_dead_lookups(program: IntegerProgram) -> int:
+    """Shrink every ``MatMul → lookup → MatMul`` chain to its live neurons, in place.
+
+    Returns how many bootstraps per sample were removed. Removing the neurons of one
+    layer can kill neurons of the layer before, so chains are visited from the output
+    back and the pass repeats until nothing changes.
+    """
+    removed_total = 0
+    while True:
+        removed = sum(_shrink(program, lookup) for lookup in reversed(program.table_lookups))
+        removed_total += removed
+        if not removed:
+            return removed_total
+
+
+def _consumers(program: IntegerProgram, name: str) -> list[Step]:
+    return [step for step in program.steps if name in step.inputs]
+
+
+def _producer(program: IntegerProgram, name: str) -> Optional[Step]:
+    return next((step for step in program.steps if step.output == name), None)
+
+
+def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
+    width = lookup.sample_shape[-1]
+    if len(lookup.sample_shape) != 2 or any(out.source == lookup.output for out in program.outputs):
+        return 0
+    readers = _consumers(program, lookup.output)
+    if len(readers) != 1 or not isinstance(readers[0], MatMul) or readers[0].left:
+        return 0
+    after = readers[0]
+    before = _producer(program, lookup.inputs[0])
+    read = np.any(after.weight != 0, axis=1)
+    constant = np.zeros(width, dtype=bool)
+    if isinstance(before, MatMul) and not before.left:
+        constant = ~np.any(before.weight != 0, axis=0)
+    live = read & ~constant
+    if live.all() or not live.any():
+        return 0
+    # a neuron with no incoming weight sees 0: its lookup is the constant function(0)
+    outputs = lookup.function(np.zeros((1, width), dtype=np.int64))[0]
+    folded = (outputs * constant * read) @ after.weight
+    keep = np.flatnonzero(live)
+
+    if isinstance(before, MatMul) and not before.left and len(_consumers(program, before.output)) == 1:
+        before.weight = before.weight[:, keep]
+    else:
+        gathered = f"{lookup.inputs[0]}.live"
+        index = program.steps.index(lookup)
+        program.steps.insert(index, Index(lookup.name, [lookup.inputs[0]], gathered, positions=keep))
+        lookup.inputs = [gathered]
+    lookup.function = _restricted(lookup.function, keep, width)
+    lookup.sample_shape = (1, keep.size)
+    after.weight = after.weight[keep]
+    if np.any(folded != 0):
+        total = after.output
+        after.output = f"{total}.live"
+        position = program.steps.index(after) + 1
+        program.steps.insert(position, Shift(after.name, [after.output], total, constant=folded[None, :].astype(np.int64)))
+    return width - keep.size
+
+
+def _restricted(function, keep: np.ndarray, width: int):
+    """The per-element ``function`` of ``width`` neurons, on the ``keep`` ones only."""
+
+    def live_function(q):
+        q = np.asarray(q)
+        full = np.zeros(q.shape[:-1] + (width,), dtype=np.int64)
+        full[..., keep] = q
+        return function(full)[..., keep]
+
+    return live_function
