@@ -1,7 +1,9 @@
 """Encrypted execution and batched simulation of a compiled circuit."""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Sequence
 
 import numpy as np
 from concrete import fhe
@@ -16,14 +18,24 @@ def ensure_keys(circuit: fhe.Circuit, verbose: bool = False) -> None:
         circuit.keygen()
 
 
-def run_encrypted(circuit: fhe.Circuit, inputs: Sequence[np.ndarray], progress: bool = False):
-    """Encrypt, run and decrypt sample by sample: a circuit has the shape of one sample."""
+def run_encrypted(circuit: fhe.Circuit, inputs: Sequence[np.ndarray], progress: bool = False,
+                  n_workers: Optional[int] = None):
+    """Encrypt, run and decrypt sample by sample: a circuit has the shape of one sample.
+
+    Samples run in ``n_workers`` threads (default: one per core). concrete-python's
+    runtime releases the GIL, so a batch keeps every core busy.
+    """
     ensure_keys(circuit, verbose=progress)
     n_samples = inputs[0].shape[0]
-    results = []
-    for i in tqdm(range(n_samples), desc="FHE execution", disable=not progress, unit="sample"):
+    workers = max(1, min(n_workers or os.cpu_count() or 1, n_samples))
+
+    def one(i: int):
         result = circuit.encrypt_run_decrypt(*(x[i : i + 1] for x in inputs))
-        results.append(result if isinstance(result, tuple) else (result,))
+        return result if isinstance(result, tuple) else (result,)
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(tqdm(pool.map(one, range(n_samples)), total=n_samples, desc="FHE execution",
+                            disable=not progress, unit="sample"))
     stacked = tuple(np.concatenate([r[k] for r in results], axis=0) for k in range(len(results[0])))
     return stacked if len(stacked) > 1 else stacked[0]
 
