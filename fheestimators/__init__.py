@@ -2,7 +2,7 @@
 from .fhe.artifacts import DebugArtifacts
 from .datasets import make_checkerboard
 from .quantization.module import QuantizedModule
-from .sklearn import NeuralNetClassifier, NeuralNetRegressor
+from .sklearn import NeuralNetClassifier, NeuralNetRegressor, load
 from .torch.compile import (
     build_quantized_module,
     compile_brevitas_qat_model,
@@ -19,5 +19,6 @@ __all__ = [
     "compile_brevitas_qat_model",
     "compile_onnx_model",
     "compile_torch_model",
+    "load",
     "make_checkerboard",
 ]

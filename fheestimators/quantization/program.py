@@ -50,7 +50,7 @@ class IntegerProgram:
             if backend == "fhe":
                 values[step.output] = _traced(step, args)
             elif before_lookup is not None and isinstance(step, TableLookup):
-                values[step.output] = step.function(before_lookup(step, step.rounded(args[0])))
+                values[step.output] = step.lookup(before_lookup(step, step.rounded(args[0])))
             else:
                 values[step.output] = step.numpy(*args)
         results = tuple(values[out.source] for out in self.outputs)

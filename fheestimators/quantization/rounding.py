@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Mapping, Optional, Union
 
 import numpy as np
+from concrete import fhe
 
 from .program import IntegerProgram
-from .steps import bit_width
+from .steps import TableLookup, bit_width
 
 RoundingLike = Union[None, int, Mapping[str, Union[str, int]]]
 # With "auto", a lookup's input keeps this many bits more than its output has: finer
@@ -58,6 +59,55 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
         lsbs = max(width - target, 0)
         # removing a single bit buys nothing and costs a rounding step
         step.lsbs_to_remove = lsbs if lsbs >= 2 or n_bits != "auto" else 0
+    align_rounding(program, calibration)
+
+
+# Shifts tried per element: all of them up to this many, evenly spread beyond.
+MAX_SHIFT_CANDIDATES = 64
+
+
+def align_rounding(program: IntegerProgram, calibration: tuple) -> None:
+    """Shift each rounded accumulator element so its table's steps fall on rounding boundaries.
+
+    Rounding maps a whole bin of accumulator values to one table entry, so a step of
+    the table (a ReLU's kink, a quantizer's threshold) that falls inside a bin moves to
+    the bin's edge. Adding a per-element constant before rounding (free in FHE) moves the
+    bins instead. For each element the shift kept is the one under which the rounded
+    lookup differs from the exact one on the fewest calibration samples; the table reads
+    ``function(rounded - shift)``, so nothing else changes. A shift never widens the
+    accumulator beyond its bit-width.
+    """
+    values = dict(zip(program.input_names, calibration))
+    for step in program.steps:
+        args = [values[name] for name in step.inputs]
+        if isinstance(step, TableLookup):
+            step.shift = None
+            if step.lsbs_to_remove:
+                step.shift = _best_shift(step, np.asarray(args[0], dtype=np.int64))
+        values[step.output] = step.numpy(*args)
+
+
+def _best_shift(step, x: np.ndarray) -> Optional[np.ndarray]:
+    unit = 1 << step.lsbs_to_remove
+    low, high = int(x.min()), int(x.max())
+    width = bit_width(low, high)
+    lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if low < 0 else (0, (1 << width) - 1)
+    exact = step.function(x)
+    per_low, per_high = x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True)
+    candidates = np.arange(-(unit // 2), unit // 2 + 1)
+    if candidates.size > MAX_SHIFT_CANDIDATES:
+        candidates = np.unique(np.linspace(-(unit // 2), unit // 2, MAX_SHIFT_CANDIDATES).round().astype(np.int64))
+    candidates = sorted(candidates, key=abs)  # ties keep the smallest shift
+    best_errors = np.full(per_low.shape, np.iinfo(np.int64).max)
+    best = np.zeros(per_low.shape, dtype=np.int64)
+    for shift in candidates:
+        fits = (per_low + shift >= lowest) & (per_high + shift <= highest)
+        rounded = fhe.round_bit_pattern(x + shift, lsbs_to_remove=step.lsbs_to_remove)
+        errors = np.sum(step.function(rounded - shift) != exact, axis=0, keepdims=True)
+        better = fits & (errors < best_errors)
+        best_errors = np.where(better, errors, best_errors)
+        best = np.where(better, shift, best)
+    return best if np.any(best) else None
 
 
 def exact_fallback(program: IntegerProgram) -> bool:
@@ -79,7 +129,7 @@ def _per_element(step) -> bool:
     low, high = step.input_bounds
     probes = np.unique(np.linspace(low, high, 9).round().astype(np.int64))
     for value in probes:
-        out = step.function(np.full(step.sample_shape, value, dtype=np.int64))
+        out = step.lookup(np.full(step.sample_shape, value, dtype=np.int64))
         if np.any(out != out.flat[0]):
             return True
     return False

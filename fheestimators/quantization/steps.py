@@ -150,6 +150,7 @@ class TableLookup(Step):
     output_bounds: tuple = (0, 0)
     description: str = ""
     sample_shape: tuple = (1,)
+    shift: np.ndarray = None
 
     @property
     def n_elements(self) -> int:
@@ -157,16 +158,25 @@ class TableLookup(Step):
         return int(np.prod(self.sample_shape))
 
     def rounded(self, x):
+        """The lookup's input: shifted (see ``align_rounding``), then rounded."""
+        if self.shift is not None:
+            x = x + self.shift
         return fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else x
 
+    def lookup(self, rounded):
+        """The table, read at a rounded input."""
+        return self.function(rounded if self.shift is None else rounded - self.shift)
+
     def numpy(self, x):
-        return self.function(self.rounded(np.asarray(x, dtype=np.int64)))
+        return self.lookup(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
+        if self.shift is not None:
+            x = x + self.shift
         if self.lsbs_to_remove:
             exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
             x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)
-        return fhe.univariate(self.function)(x)
+        return fhe.univariate(self.lookup)(x)
 
 
 def bit_width(low: int, high: int) -> int:

@@ -1,29 +1,51 @@
 """``NeuralNetClassifier`` and ``NeuralNetRegressor``: skorch estimators that predict in FHE."""
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+import copy
+import inspect
+import logging
+import os
+import pickle
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import skorch
 import torch
-from sklearn.preprocessing import LabelEncoder
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_is_fitted, check_array
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..fhe.modes import FheMode
 from ..torch.compile import compile_brevitas_qat_model
+from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
 from .pruning import PruneWeights
 from .qat_module import QATMLP
+from .schedule import OneCycle
+from .targets import _ClassLabels, _Targets
 
-__all__ = ["NeuralNetClassifier", "NeuralNetRegressor"]
+__all__ = [
+    "NeuralNetClassifier",
+    "NeuralNetRegressor",
+    "load",
+]
 
-DEFAULT_ROUNDING = {"n_bits": 6, "method": "approximate"}
+logger = logging.getLogger(__name__)
+
+# Accumulators rounded to 5 bits before each lookup: a 5-bit bootstrap costs a fraction of a
+# 6-bit one (see benchmarks/estimator_checkerboard.py for the trade-off).
+DEFAULT_ROUNDING = {"n_bits": 5, "method": "approximate"}
 MAX_COMPILE_SAMPLES = 2000
+# settings of the FHE estimators that a float network has no use for
+FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "random_state")
+PathLike = Union[str, "os.PathLike[str]"]
 
 
 class FheMixin:
     """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
 
     Holds the settings both estimators share; each sets its own default ``criterion``.
+    ``random_state`` (None, an int or a ``numpy.random.RandomState``) seeds torch for
+    the initial weights and the shuffling of ``fit``; None leaves torch's global seed in charge.
     """
 
     def __init__(
@@ -32,7 +54,7 @@ class FheMixin:
         *args,
         criterion,
         optimizer=torch.optim.Adam,
-        lr=0.01,
+        lr=0.02,
         max_epochs=150,
         batch_size=256,
         train_split=None,
@@ -40,6 +62,7 @@ class FheMixin:
         rounding_threshold_bits=DEFAULT_ROUNDING,
         p_error=None,
         global_p_error=None,
+        random_state=None,
         **kwargs,
     ):
         super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
@@ -48,22 +71,136 @@ class FheMixin:
         self.rounding_threshold_bits = rounding_threshold_bits
         self.p_error = p_error
         self.global_p_error = global_p_error
+        self.random_state = random_state
         # skorch's ``compile`` (torch.compile) flag would hide our ``compile`` method
         vars(self).pop("compile", None)
 
-    def _check_X(self, X, reset: bool) -> np.ndarray:
-        if hasattr(X, "to_numpy"):
-            X = X.to_numpy()
-        X = check_array(X, dtype=None, ensure_all_finite=True)
-        if not (np.issubdtype(X.dtype, np.number) or X.dtype == np.bool_):
-            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
-        # float32 is what the torch module trains on; float64 input is cast, not rejected
-        X = X.astype(np.float32)
-        if reset:
-            self.n_features_in_ = X.shape[1]
-        elif X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {X.shape[1]} features, but {type(self).__name__} was fitted with {self.n_features_in_}")
-        return X
+    def _check_X(self, X) -> np.ndarray:
+        """``X`` as the fitted network takes it: finite float32 with ``n_features_in_`` columns."""
+        return validate_data(self, X, reset=False, dtype=np.float32)
+
+    def _get_param_names(self):
+        # skorch lists its private ``_params_to_validate`` set among the parameters, and
+        # ``set_params`` on it would replace the set by any value and break the estimator
+        return [name for name in super()._get_param_names() if name != "_params_to_validate"]
+
+    @contextlib.contextmanager
+    def _torch_seed(self) -> Iterator[None]:
+        """Seed torch from ``random_state``; torch's global generator is restored afterwards."""
+        if self.random_state is None:
+            yield
+            return
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+
+    def fit(self, X, y, **fit_params):
+        """Train with QAT (and pruning), then compile to FHE with ``X`` as inputset.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Numbers; cast to float32.
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+            Labels of any type for the classifier, numbers for the regressor.
+        **fit_params :
+            Passed on to skorch's training loop.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        ValueError
+            If ``X`` or ``y`` hold NaN or inf, if their lengths differ, or if the
+            classifier is given continuous targets.
+        """
+        return self._train(X, y, restart=not self.warm_start, **fit_params)
+
+    def _train(self, X, y, restart: bool, classes=None, **fit_params):
+        restart = restart or not (self.initialized_ and hasattr(self, "n_features_in_"))
+        X, y = self._training_data(X, y, reset=restart, classes=classes)
+        with self._torch_seed():
+            if restart:
+                self.initialize()
+            super().partial_fit(X, y, **fit_params)
+        return self._compile(X, self._compile_settings())
+
+    def fit_benchmark(self, X, y, **fit_params):
+        """Fit this estimator and its float twin: the same network without quantization.
+
+        The twin is a skorch net (``FloatNeuralNetClassifier`` or ``FloatNeuralNetRegressor``)
+        on a ``FloatMLP`` with the layers, widths and activation of this ``QATMLP``, trained
+        with the same skorch settings (optimizer, lr, epochs, batch size, callbacks,
+        ``random_state``) on the same data; it is neither pruned nor compiled. Its
+        ``score`` next to ours shows what quantization costs.
+
+        Parameters
+        ----------
+        X, y, **fit_params :
+            As for ``fit``; both networks train on them.
+
+        Returns
+        -------
+        model : NeuralNetClassifier or NeuralNetRegressor
+            ``self``, fitted and compiled.
+        float_model : FloatNeuralNetClassifier or FloatNeuralNetRegressor
+            The fitted float twin.
+
+        Raises
+        ------
+        ValueError
+            If ``module`` is not ``QATMLP``: there is no float twin to build for it.
+
+        Examples
+        --------
+        >>> model, float_model = NeuralNetClassifier().fit_benchmark(X, y)   # doctest: +SKIP
+        >>> model.score(X_test, y_test), float_model.score(X_test, y_test)   # doctest: +SKIP
+        """
+        if self.module is not QATMLP:
+            raise ValueError(
+                f"fit_benchmark builds the float twin of QATMLP, but module is {self.module!r}: "
+                "train a float version of your module with skorch for the comparison"
+            )
+        self.fit(X, y, **fit_params)
+        float_model = self._float_twin(**self._float_twin_params())
+        with self._torch_seed():
+            float_model.fit(X, y, **fit_params)
+        return self, float_model
+
+    def _float_twin_params(self) -> dict:
+        layers = inspect.signature(QATMLP).bind(**self.get_params_for("module"))
+        layers.apply_defaults()
+        params = {f"module__{name}": layers.arguments[name] for name in inspect.signature(FloatMLP).parameters}
+        for name, value in self.get_params(deep=False).items():
+            # quantization settings, our pruning callback and FHE settings stay with us
+            if name.startswith(("module", "callbacks__prune")) or name in FHE_ONLY_PARAMS:
+                continue
+            params[name] = copy.deepcopy(value)
+        return {**params, "module": FloatMLP}
+
+    def dump(self, path: PathLike) -> None:
+        """Save the fitted estimator to the file ``path``; ``load(path)`` gives it back.
+
+        The file is a pickle of the settings, the trained weights and the compile
+        inputset; loading compiles the circuit again, so predictions are the same in
+        every ``fhe`` mode, and new keys are generated by the first ``fhe="execute"``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write (overwritten if it exists).
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            If the estimator has not been fitted.
+        """
+        check_is_fitted(self, "quantized_module_")
+        with open(path, "wb") as file:
+            pickle.dump(self, file, protocol=pickle.HIGHEST_PROTOCOL)
 
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
@@ -77,23 +214,32 @@ class FheMixin:
         return module
 
     def get_default_callbacks(self):
-        return [*super().get_default_callbacks(), ("prune", PruneWeights())]
+        return [*super().get_default_callbacks(), ("prune", PruneWeights()), ("one_cycle", OneCycle())]
 
     def compile(self, X, configuration=None, p_error: Optional[float] = None,
                 global_p_error: Optional[float] = None, rounding_threshold_bits="default", verbose: bool = False):
         """(Re)compile the trained network to FHE with ``X`` as inputset."""
         check_is_fitted(self, "module_")
-        X = self._check_X(X, reset=False)
-        rounding = self.rounding_threshold_bits if rounding_threshold_bits == "default" else rounding_threshold_bits
-        self.module_.eval()
-        # a bounded inputset, kept so that unpickling can rebuild the same circuit
-        self.compile_inputset_ = X[:MAX_COMPILE_SAMPLES]
-        self.quantized_module_ = compile_brevitas_qat_model(
-            self.module_, self.compile_inputset_, rounding_threshold_bits=rounding, configuration=configuration,
-            p_error=p_error if p_error is not None else self.p_error,
-            global_p_error=global_p_error if global_p_error is not None else self.global_p_error,
-            verbose=verbose,
+        settings = self._compile_settings(configuration, p_error, global_p_error, rounding_threshold_bits)
+        return self._compile(self._check_X(X), settings, verbose=verbose)
+
+    def _compile_settings(self, configuration=None, p_error=None, global_p_error=None,
+                          rounding_threshold_bits="default") -> dict:
+        """The estimator's compilation settings, with those given here taking precedence."""
+        return dict(
+            configuration=configuration,
+            rounding_threshold_bits=(self.rounding_threshold_bits if rounding_threshold_bits == "default"
+                                     else rounding_threshold_bits),
+            p_error=self.p_error if p_error is None else p_error,
+            global_p_error=self.global_p_error if global_p_error is None else global_p_error,
         )
+
+    def _compile(self, X: np.ndarray, settings: dict, verbose: bool = False):
+        # a bounded inputset and the settings, kept so that unpickling rebuilds the same circuit
+        self.compile_inputset_ = X[:MAX_COMPILE_SAMPLES]
+        self.compile_settings_ = settings
+        self.module_.eval()
+        self.quantized_module_ = compile_brevitas_qat_model(self.module_, self.compile_inputset_, verbose=verbose, **settings)
         return self
 
     @property
@@ -103,8 +249,16 @@ class FheMixin:
 
     def _fhe_forward(self, X, fhe: str) -> np.ndarray:
         check_is_fitted(self, "quantized_module_")
-        X = self._check_X(X, reset=False)
-        return self.quantized_module_.forward(X, fhe=fhe, progress=self.verbose > 0 and fhe == "execute")
+        mode = FheMode.parse(fhe)
+        X = self._check_X(X)
+        execute = mode is FheMode.EXECUTE
+        if execute and not self._has_keys():
+            logger.info("generating FHE keys for %s (done once: the circuit keeps them)", type(self).__name__)
+        return self.quantized_module_.forward(X, fhe=mode.value, progress=self.verbose > 0 and execute)
+
+    def _has_keys(self) -> bool:
+        keys = self.quantized_module_.fhe_circuit.keys
+        return keys is not None and keys.are_generated
 
     def __getstate__(self):
         # Brevitas modules do not pickle (their quantizers are injector classes) and a
@@ -127,10 +281,10 @@ class FheMixin:
             self.module_.load_state_dict(module_state)
             self.initialize_optimizer()
         if recompile:
-            self.compile(self.compile_inputset_)
+            self._compile(self.compile_inputset_, self.compile_settings_)
 
 
-class NeuralNetClassifier(FheMixin, skorch.NeuralNetClassifier):
+class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     """A QAT neural network classifier that predicts on encrypted data.
 
     Parameters
@@ -141,6 +295,10 @@ class NeuralNetClassifier(FheMixin, skorch.NeuralNetClassifier):
         ``module__n_a_bits``, ``module__max_non_zero`` / ``module__n_accum_bits``.
     rounding_threshold_bits, p_error, global_p_error :
         Compilation settings used by ``fit`` and ``compile``.
+    random_state : None, int or numpy.random.RandomState
+        Seeds the initial weights and the shuffling; None uses torch's global seed.
+    classes : array-like, optional
+        All labels, if ``y`` may not show every one of them.
     **kwargs :
         skorch's own (``lr``, ``max_epochs``, ``batch_size``, ``optimizer``,
         ``callbacks``, ``train_split``, ``verbose``, ``device``, ...).
@@ -149,70 +307,155 @@ class NeuralNetClassifier(FheMixin, skorch.NeuralNetClassifier):
     --------
     >>> clf = NeuralNetClassifier(max_epochs=5).fit(X, y)      # doctest: +SKIP
     >>> clf.predict(X[:2], fhe="execute")                       # doctest: +SKIP
+    >>> clf.dump("clf.pkl"); load("clf.pkl").predict(X[:2])    # doctest: +SKIP
     """
+
+    _float_twin = FloatNeuralNetClassifier
 
     def __init__(self, module=QATMLP, *args, criterion=torch.nn.CrossEntropyLoss, **kwargs):
         super().__init__(module, *args, criterion=criterion, **kwargs)
 
-    def fit(self, X, y, **fit_params):
-        """Train with QAT (and pruning), then compile on ``X``."""
-        X = self._check_X(X, reset=True)
-        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-        if y.ndim != 1:
-            y = y.ravel() if y.ndim == 2 and y.shape[1] == 1 else y
-        check_classification_targets(y)
-        self.label_encoder_ = LabelEncoder().fit(y)
-        self.classes_ = self.label_encoder_.classes_
-        self.n_outputs_ = len(self.classes_)
-        super().fit(X, self.label_encoder_.transform(y).astype(np.int64), **fit_params)
-        self.compile(X)
-        return self
+    def partial_fit(self, X, y, classes=None, **fit_params):
+        """Train the current network further on ``(X, y)`` (start one if none), then recompile on ``X``.
 
-    @property
-    def classes_(self):
-        """The labels seen in ``fit`` (any type), in the order of the output units."""
-        try:
-            return self.__dict__["classes_"]
-        except KeyError:
-            raise AttributeError("classes_ is set by fit") from None
+        Parameters
+        ----------
+        X, y, **fit_params :
+            As for ``fit``; ``X`` must have the features of the first call.
+        classes : array-like, optional
+            Every label, for a first call whose ``y`` does not show them all.
 
-    @classes_.setter
-    def classes_(self, value):
-        self.__dict__["classes_"] = value
+        Returns
+        -------
+        self
+        """
+        return self._train(X, y, restart=False, classes=classes, **fit_params)
 
     def predict_proba(self, X, fhe: str = "disable") -> np.ndarray:
-        """Class probabilities (softmax of the dequantized logits, computed in the clear)."""
+        """Class probabilities: the softmax, computed in the clear, of the dequantized logits.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        fhe : {"disable", "simulate", "execute"}, default="disable"
+            "disable" runs the integer network in the clear; "simulate" adds FHE's
+            effects (bit-width wrap-around, p_error) in the clear; "execute" encrypts
+            each sample, runs the circuit and decrypts. The first "execute" generates
+            the keys, which takes seconds: logged, and printed when ``verbose > 0``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            In the order of ``classes_``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        ValueError
+            If ``X`` has the wrong number of features or holds NaN or inf, or if
+            ``fhe`` is not one of the three modes.
+        """
         logits = self._fhe_forward(X, fhe)
         logits = logits - logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
-        """Predicted labels; ``fhe`` is "disable", "simulate" or "execute"."""
+        """Predicted labels; see ``predict_proba`` for the parameters and errors.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``.
+        """
         indices = self._fhe_forward(X, fhe).argmax(axis=1)
         return self.classes_[indices]
 
 
-class NeuralNetRegressor(FheMixin, skorch.NeuralNetRegressor):
+class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
     """A QAT neural network regressor that predicts on encrypted data; see ``NeuralNetClassifier``."""
+
+    _float_twin = FloatNeuralNetRegressor
 
     def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, **kwargs):
         super().__init__(module, *args, criterion=criterion, **kwargs)
 
-    def fit(self, X, y, **fit_params):
-        """Train with QAT (and pruning), then compile on ``X``."""
-        X = self._check_X(X, reset=True)
-        y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y, dtype=np.float32)
-        if not np.all(np.isfinite(y)):
-            raise ValueError("y contains NaN or inf")
-        self.y_is_1d_ = y.ndim == 1
-        y2 = y.reshape(-1, 1) if y.ndim == 1 else y
-        self.n_outputs_ = y2.shape[1]
-        super().fit(X, y2, **fit_params)
-        self.compile(X)
-        return self
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True  # one output unit per column of y
+        return tags
+
+    def partial_fit(self, X, y, **fit_params):
+        """Train the current network further on ``(X, y)`` (start one if none), then recompile on ``X``.
+
+        Parameters
+        ----------
+        X, y, **fit_params :
+            As for ``fit``; the features and targets of the first call.
+
+        Returns
+        -------
+        self
+        """
+        return self._train(X, y, restart=False, **fit_params)
+
+    @property
+    def predict_proba(self):
+        """Not available: a regressor has no class probabilities (skorch's method is hidden)."""
+        raise AttributeError(f"{type(self).__name__} has no predict_proba: it predicts values, use predict")
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
-        """Predicted values; ``fhe`` is "disable", "simulate" or "execute"."""
-        out = self._fhe_forward(X, fhe)
-        return out.ravel() if self.y_is_1d_ else out
+        """Predicted values.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        fhe : {"disable", "simulate", "execute"}, default="disable"
+            See ``NeuralNetClassifier.predict_proba``.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs)
+            Shaped like the ``y`` of ``fit``.
+
+        Raises
+        ------
+        sklearn.exceptions.NotFittedError
+            Before ``fit``.
+        ValueError
+            If ``X`` has the wrong number of features or holds NaN or inf, or if
+            ``fhe`` is not one of the three modes.
+        """
+        return self._shaped(self._fhe_forward(X, fhe))
+
+
+def load(path: PathLike) -> FheMixin:
+    """Load an estimator saved with ``dump``, compiled and ready to predict.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``NeuralNetClassifier.dump`` or ``NeuralNetRegressor.dump``.
+
+    Returns
+    -------
+    NeuralNetClassifier or NeuralNetRegressor
+
+    Raises
+    ------
+    TypeError
+        If the file holds something else.
+
+    Warnings
+    --------
+    The file is a pickle, and loading a pickle can run code: load only files you trust.
+    """
+    with open(path, "rb") as file:
+        model = pickle.load(file)
+    if not isinstance(model, FheMixin):
+        raise TypeError(
+            f"{os.fspath(path)!r} holds a {type(model).__name__}, not an estimator saved with dump: "
+            "load it with pickle, or save the estimator with its dump method"
+        )
+    return model

@@ -34,7 +34,10 @@ class QATMLP(nn.Module):
     n_w_bits, n_a_bits : int
         Bits of weights and activations.
     n_input_bits : int
-        Bits of the quantized input features (cheap: the first layer sums few products).
+        Bits of the quantized input features. Cheap (the first layer sums few products,
+        and its accumulator is rounded before the lookup) and it sets how finely the
+        network can place a decision boundary: 8 bits rather than 6 gains about 1% on
+        the checkerboard data.
     max_non_zero : int or None
         Most non-zero weights per neuron, enforced by pruning during training.
     n_accum_bits : int or None
@@ -46,11 +49,11 @@ class QATMLP(nn.Module):
         n_inputs: int,
         n_outputs: int,
         n_layers: int = 3,
-        n_hidden: int = 32,
+        n_hidden: int = 16,
         activation: Type[nn.Module] = nn.ReLU,
         n_w_bits: int = 4,
         n_a_bits: int = 4,
-        n_input_bits: int = 6,
+        n_input_bits: int = 8,
         max_non_zero: int | None = None,
         n_accum_bits: int | None = None,
     ):

@@ -135,3 +135,53 @@ def test_parse_rounding_values():
     assert parse_rounding({"method": "exact"}) == ("auto", "exact")
     assert parse_rounding({"n_bits": "auto"}) == ("auto", "approximate")
     assert parse_rounding({"n_bits": 6, "method": fhe.Exactness.APPROXIMATE}) == (6, "approximate")
+
+
+# -- aligning the rounding bins with the tables' steps ------------------------------
+def _step_program(thresholds):
+    """One lookup per element: 1 above that element's threshold, on 8-bit inputs."""
+    from fheestimators.quantization.program import IntegerProgram, Output
+    from fheestimators.quantization.quantizers import UniformQuantizer
+    from fheestimators.quantization.steps import TableLookup
+
+    thresholds = np.asarray(thresholds)[None, :]
+    lookup = TableLookup("step", ["x"], "y", function=lambda q: (q >= thresholds).astype(np.int64),
+                         sample_shape=(1, thresholds.size))
+    program = IntegerProgram(["x"], [UniformQuantizer(1.0, 0, 0, 255)], [lookup], [Output("y", 1.0, 0.0)],
+                             sample_shapes=[(thresholds.size,)])
+    return program, lookup
+
+
+def test_alignment_puts_each_threshold_on_a_rounding_boundary():
+    from fheestimators.quantization.rounding import apply_rounding
+
+    q = np.tile(np.arange(201), (2, 1)).T  # 8-bit inputs with room to shift
+    program, lookup = _step_program([100, 37])
+    exact = (q >= np.array([[100, 37]])).astype(np.int64)
+    apply_rounding(program, (q,), 4)  # 8-bit inputs rounded to 4 bits: bins of 16
+    assert lookup.lsbs_to_remove == 4
+    np.testing.assert_array_equal(program.run(q), exact)
+    assert lookup.shift is not None and lookup.shift.shape == (1, 2)
+
+    # the same rounding without the shift moves both thresholds to a bin edge
+    lookup.shift = None
+    assert np.count_nonzero(program.run(q) != exact) > 0
+
+
+def test_alignment_never_widens_the_accumulator():
+    from fheestimators.quantization.rounding import apply_rounding
+
+    q = np.arange(256)[:, None]
+    program, lookup = _step_program([250])
+    apply_rounding(program, (q,), 4)
+    shifted = q + (0 if lookup.shift is None else lookup.shift)
+    assert shifted.min() >= 0 and shifted.max() <= 255
+
+
+def test_alignment_in_fhe_matches_the_clear_run():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(4))
+    module = compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 4, "method": "exact"})
+    assert any(step.shift is not None for step in module.program.table_lookups)
+    np.testing.assert_array_equal(module.forward(x[:2].numpy(), fhe="execute"), module.forward(x[:2].numpy()))

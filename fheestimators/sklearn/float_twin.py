@@ -1,0 +1,96 @@
+"""The float twin of the estimators' network: what ``fit_benchmark`` compares against."""
+from __future__ import annotations
+
+from typing import Type
+
+import numpy as np
+import skorch
+import torch
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torch import nn
+
+from .schedule import OneCycle
+from .targets import _ClassLabels, _Targets
+
+__all__ = ["FloatMLP", "FloatNeuralNetClassifier", "FloatNeuralNetRegressor"]
+
+
+class FloatMLP(nn.Module):
+    """``QATMLP`` without its quantizers: ``(Linear → activation) × … → Linear`` in float.
+
+    The reference network of ``fit_benchmark``: given the same arguments it has the
+    layers, widths and activation of ``QATMLP``.
+
+    Parameters
+    ----------
+    n_inputs, n_outputs : int
+        Set from the data.
+    n_layers : int
+        Number of linear layers (hidden layers + 1).
+    n_hidden : int
+        Width of each hidden layer.
+    activation : type of torch.nn.Module
+        The activation after each hidden layer.
+    """
+
+    def __init__(self, n_inputs: int, n_outputs: int, n_layers: int, n_hidden: int, activation: Type[nn.Module]):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+        widths = [n_inputs] + [n_hidden] * (n_layers - 1) + [n_outputs]
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if i > 0:
+                layers.append(activation())
+            layers.append(nn.Linear(fan_in, fan_out))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class _SameSchedule:
+    """The learning-rate schedule of the FHE estimators, so that only quantization differs."""
+
+    def get_default_callbacks(self):
+        return [*super().get_default_callbacks(), ("one_cycle", OneCycle())]
+
+
+class FloatNeuralNetClassifier(_SameSchedule, _ClassLabels, skorch.NeuralNetClassifier):
+    """skorch's classifier, taking data as ours does: any labels, float64 or pandas ``X``.
+
+    ``fit_benchmark`` trains one on a ``FloatMLP``: the accuracy of the network
+    without quantization, pruning or FHE.
+    """
+
+    def fit(self, X, y, **fit_params):
+        """Train the float network on ``(X, y)``; returns ``self``."""
+        X, y = self._training_data(X, y, reset=True)
+        return super().fit(X, y, **fit_params)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, in the order of ``classes_``."""
+        check_is_fitted(self)
+        return super().predict_proba(validate_data(self, X, reset=False, dtype=np.float32))
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted labels."""
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+class FloatNeuralNetRegressor(_SameSchedule, _Targets, skorch.NeuralNetRegressor):
+    """skorch's regressor, taking data as ours does (1-D ``y``, float64 or pandas ``X``).
+
+    ``fit_benchmark`` trains one on a ``FloatMLP``: the score of the network
+    without quantization, pruning or FHE.
+    """
+
+    def fit(self, X, y, **fit_params):
+        """Train the float network on ``(X, y)``; returns ``self``."""
+        X, y = self._training_data(X, y, reset=True)
+        return super().fit(X, y, **fit_params)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted values, shaped like the ``y`` of ``fit``."""
+        check_is_fitted(self)
+        return self._shaped(super().predict(validate_data(self, X, reset=False, dtype=np.float32)))
