@@ -82,7 +82,7 @@ def _restricted(function, keep: np.ndarray, width: int):
 
     def live_function(q):
         q = np.asarray(q)
-        full = np.zeros(q.shape[:-1] + (width,), dtype=np.int64)
+        full = np.zeros(q.shape[:-1] + (width,), dtype=np.result_type(q.dtype, np.int64))  # gains divide
         full[..., keep] = q
         return function(full)[..., keep]
 

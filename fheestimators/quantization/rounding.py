@@ -67,33 +67,44 @@ MAX_SHIFT_CANDIDATES = 64
 
 
 def align_rounding(program: IntegerProgram, calibration: tuple) -> None:
-    """Shift each rounded accumulator element so its table's steps fall on rounding boundaries.
+    """Spread and shift each rounded accumulator element so rounding loses the least.
 
-    Rounding maps a whole bin of accumulator values to one table entry, so a step of
-    the table (a ReLU's kink, a quantizer's threshold) that falls inside a bin moves to
-    the bin's edge. Adding a per-element constant before rounding (free in FHE) moves the
-    bins instead. For each element the shift kept is the one under which the rounded
-    lookup differs from the exact one on the fewest calibration samples; the table reads
-    ``function(rounded - shift)``, so nothing else changes. A shift never widens the
-    accumulator beyond its bit-width.
+    Rounding keeps a fixed number of the accumulator tensor's most significant bits, so
+    an element whose values span a small part of the tensor's range (small weights) is
+    left with few distinct levels. Multiplying it by an integer ``gain`` (free in FHE)
+    spreads it over the range the bit-width already allows. Rounding also maps a whole
+    bin of values to one table entry, so a step of the table (a ReLU's kink, a
+    quantizer's threshold) inside a bin moves to the bin's edge; adding a per-element
+    ``shift`` before rounding (free too) moves the bins instead. The shift kept is the
+    one under which the rounded lookup differs from the exact one on the fewest
+    calibration samples. The table reads ``function((rounded - shift) / gain)``, so
+    nothing else changes, and neither ever widens the accumulator beyond its bit-width.
     """
     values = dict(zip(program.input_names, calibration))
     for step in program.steps:
         args = [values[name] for name in step.inputs]
         if isinstance(step, TableLookup):
-            step.shift = None
+            step.gain = step.shift = None
             if step.lsbs_to_remove:
-                step.shift = _best_shift(step, np.asarray(args[0], dtype=np.int64))
+                _align(step, np.asarray(args[0], dtype=np.int64))
         values[step.output] = step.numpy(*args)
 
 
-def _best_shift(step, x: np.ndarray) -> Optional[np.ndarray]:
+def _align(step, x: np.ndarray) -> None:
     unit = 1 << step.lsbs_to_remove
     low, high = int(x.min()), int(x.max())
     width = bit_width(low, high)
     lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if low < 0 else (0, (1 << width) - 1)
     exact = step.function(x)
     per_low, per_high = x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True)
+    # the largest integer gain that keeps the element in range, with room for a shift
+    room_high = np.where(per_high > 0, (highest - unit // 2) / np.maximum(per_high, 1), np.inf)
+    room_low = np.where(per_low < 0, (lowest + unit // 2) / np.minimum(per_low, -1), np.inf)
+    gain = np.clip(np.floor(np.minimum(room_high, room_low)), 1, unit).astype(np.int64)
+    step.gain = gain if np.any(gain > 1) else None
+    spread = x * gain
+    spread_low, spread_high = per_low * gain, per_high * gain
+
     candidates = np.arange(-(unit // 2), unit // 2 + 1)
     if candidates.size > MAX_SHIFT_CANDIDATES:
         candidates = np.unique(np.linspace(-(unit // 2), unit // 2, MAX_SHIFT_CANDIDATES).round().astype(np.int64))
@@ -101,13 +112,13 @@ def _best_shift(step, x: np.ndarray) -> Optional[np.ndarray]:
     best_errors = np.full(per_low.shape, np.iinfo(np.int64).max)
     best = np.zeros(per_low.shape, dtype=np.int64)
     for shift in candidates:
-        fits = (per_low + shift >= lowest) & (per_high + shift <= highest)
-        rounded = fhe.round_bit_pattern(x + shift, lsbs_to_remove=step.lsbs_to_remove)
-        errors = np.sum(step.function(rounded - shift) != exact, axis=0, keepdims=True)
+        fits = (spread_low + shift >= lowest) & (spread_high + shift <= highest)
+        rounded = fhe.round_bit_pattern(spread + shift, lsbs_to_remove=step.lsbs_to_remove)
+        errors = np.sum(step.function((rounded - shift) / gain) != exact, axis=0, keepdims=True)
         better = fits & (errors < best_errors)
         best_errors = np.where(better, errors, best_errors)
         best = np.where(better, shift, best)
-    return best if np.any(best) else None
+    step.shift = best if np.any(best) else None
 
 
 def exact_fallback(program: IntegerProgram) -> bool:

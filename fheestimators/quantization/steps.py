@@ -150,6 +150,7 @@ class TableLookup(Step):
     output_bounds: tuple = (0, 0)
     description: str = ""
     sample_shape: tuple = (1,)
+    gain: np.ndarray = None
     shift: np.ndarray = None
 
     @property
@@ -157,22 +158,28 @@ class TableLookup(Step):
         """Bootstraps per sample: one per element."""
         return int(np.prod(self.sample_shape))
 
+    def _spread(self, x):
+        """Scaled by ``gain`` and shifted by ``shift`` (see ``align_rounding``): free in FHE."""
+        if self.gain is not None:
+            x = x * self.gain
+        return x if self.shift is None else x + self.shift
+
     def rounded(self, x):
-        """The lookup's input: shifted (see ``align_rounding``), then rounded."""
-        if self.shift is not None:
-            x = x + self.shift
+        """The lookup's input: spread, then rounded."""
+        x = self._spread(x)
         return fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else x
 
     def lookup(self, rounded):
-        """The table, read at a rounded input."""
-        return self.function(rounded if self.shift is None else rounded - self.shift)
+        """The table, read at a rounded input: ``function`` of the accumulator it stands for."""
+        if self.shift is not None:
+            rounded = rounded - self.shift
+        return self.function(rounded if self.gain is None else rounded / self.gain)
 
     def numpy(self, x):
         return self.lookup(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
-        if self.shift is not None:
-            x = x + self.shift
+        x = self._spread(x)
         if self.lsbs_to_remove:
             exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
             x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)

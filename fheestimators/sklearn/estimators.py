@@ -65,6 +65,8 @@ class FheMixin:
         random_state=None,
         **kwargs,
     ):
+        # skorch feeds the same batches every epoch unless told to shuffle
+        kwargs.setdefault("iterator_train__shuffle", True)
         super().__init__(module, *args, criterion=criterion, optimizer=optimizer, lr=lr,
                          max_epochs=max_epochs, batch_size=batch_size, train_split=train_split,
                          verbose=verbose, **kwargs)

@@ -185,3 +185,20 @@ def test_alignment_in_fhe_matches_the_clear_run():
     module = compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 4, "method": "exact"})
     assert any(step.shift is not None for step in module.program.table_lookups)
     np.testing.assert_array_equal(module.forward(x[:2].numpy(), fhe="execute"), module.forward(x[:2].numpy()))
+
+
+def test_gain_spreads_an_element_with_a_narrow_range():
+    from fheestimators.quantization.rounding import apply_rounding
+
+    # element 0 spans the 8-bit range; element 1 only 0..15, with its step at 7
+    q = np.stack([np.arange(0, 256, 2), np.arange(128) % 16], axis=1)
+    program, lookup = _step_program([120, 7])  # 120 is already on a bin edge
+    exact = (q >= np.array([[120, 7]])).astype(np.int64)
+    apply_rounding(program, (q,), 4)
+    assert lookup.gain is not None and lookup.gain[0, 0] == 1 and lookup.gain[0, 1] > 1
+    np.testing.assert_array_equal(program.run(q), exact)
+    spread = lookup._spread(q)
+    assert spread.min() >= 0 and spread.max() <= 255  # still 8 bits
+
+    lookup.gain = lookup.shift = None  # rounding alone sees element 1 as 0 or 16
+    assert np.count_nonzero(program.run(q)[:, 1] != exact[:, 1]) > 0
