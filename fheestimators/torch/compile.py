@@ -240,7 +240,8 @@ def compile_brevitas_qat_model(
     Bit-widths, scales and zero-points are read from the Brevitas quantizers: nothing
     Brevitas quantized is quantized again, so the module predicts what the Brevitas
     model predicts. The network must start with a ``QuantIdentity`` and quantize the
-    input of every linear layer (``QuantIdentity`` / ``QuantReLU``).
+    input of every linear layer (``QuantIdentity`` / ``QuantReLU``). The parameters not
+    listed below are those of ``compile_torch_model``.
 
     Parameters
     ----------
@@ -254,8 +255,6 @@ def compile_brevitas_qat_model(
         (e.g. an encrypted addition of two branches); default 8.
     output_onnx_file : str or Path, optional
         Where to keep the exported QONNX model (a temporary file otherwise).
-
-    Other parameters are those of ``compile_torch_model``.
 
     Returns
     -------
