@@ -1,6 +1,7 @@
 """``QuantizedModule``: a quantized model that runs in the clear, in simulation or encrypted."""
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -156,6 +157,11 @@ class QuantizedModule:
             # an upstream limitation with per-element tables: retry those with exact rounding
             if "could not broadcast" not in str(error) or not exact_fallback(self.program):
                 raise
+            warnings.warn(
+                "concrete-python could not compile approximate rounding before per-element "
+                "tables; those lookups round exactly instead, which costs extra bootstraps",
+                RuntimeWarning, stacklevel=2,
+            )
             self.fhe_circuit = compile_program()
         self._noise = None
         if verbose:

@@ -14,9 +14,12 @@ from .program import IntegerProgram
 from .steps import TableLookup, bit_width
 
 RoundingLike = Union[None, int, Mapping[str, Union[str, int]]]
-# With "auto", a lookup's input keeps this many bits more than its output has: finer
-# steps than the output's own would be rounded away by the lookup anyway.
-AUTO_MARGIN_BITS = 3
+# "auto" never goes below this many bits: the bootstrap costs hardly fall further.
+AUTO_MIN_BITS = 3
+# "auto" lowers a lookup's precision as long as at most this fraction of the calibration
+# samples see the model's decision change (argmax of the outputs; for one output column,
+# a change beyond 1% of its range).
+AUTO_TOLERANCE = 0.002
 
 
 def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Union[int, str], str]]:
@@ -43,31 +46,69 @@ def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Unio
 
 
 def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: RoundingLike) -> None:
-    """Set ``lsbs_to_remove`` on every lookup whose input is wider than the threshold."""
+    """Set ``lsbs_to_remove`` (with its gain and shift) on every lookup wider than the threshold.
+
+    With ``n_bits="auto"``, lookups are visited in order and each gets the fewest bits
+    (not below ``AUTO_MIN_BITS``) under which, after ``_align``'s gain and shift, the
+    model decides as it does unrounded on all but ``AUTO_TOLERANCE`` of the calibration
+    samples.
+    """
     parsed = parse_rounding(rounding)
     for step in program.table_lookups:
-        step.lsbs_to_remove = 0
+        step.lsbs_to_remove, step.gain, step.shift = 0, None, None
     if parsed is None:
         return
     n_bits, method = parsed
-    program.measure_bounds(*calibration)
+    reference = _decisions(program.run(*calibration)) if n_bits == "auto" else None
     for step in program.table_lookups:
-        low, high = step.input_bounds
-        width = bit_width(low, high)
         step.exactness = method
-        target = bit_width(*step.output_bounds) + AUTO_MARGIN_BITS if n_bits == "auto" else n_bits
-        lsbs = max(width - target, 0)
-        # removing a single bit buys nothing and costs a rounding step
-        step.lsbs_to_remove = lsbs if lsbs >= 2 or n_bits != "auto" else 0
-    align_rounding(program, calibration)
+        x = _input_of(program, step, calibration)
+        width = bit_width(int(x.min()), int(x.max()))
+        targets = range(min(AUTO_MIN_BITS, width), width) if n_bits == "auto" else [n_bits]
+        for target in targets:
+            step.lsbs_to_remove = max(width - target, 0)
+            if step.lsbs_to_remove:
+                _align(step, x)
+            if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
+                break
+        else:
+            step.lsbs_to_remove, step.gain, step.shift = 0, None, None
+
+
+def _input_of(program: IntegerProgram, lookup: TableLookup, calibration: tuple) -> np.ndarray:
+    values = dict(zip(program.input_names, calibration))
+    for step in program.steps:
+        args = [values[name] for name in step.inputs]
+        if step is lookup:
+            return np.asarray(args[0], dtype=np.int64)
+        values[step.output] = step.numpy(*args)
+    raise ValueError(f"lookup {lookup.name!r} is not a step of the program")
+
+
+def _decisions(outputs) -> list[np.ndarray]:
+    """Per sample, what the model decides: the argmax, or the value to 1% of its range."""
+    decisions = []
+    for out in outputs if isinstance(outputs, tuple) else (outputs,):
+        out = np.asarray(out).reshape(len(out), -1)
+        if out.shape[1] > 1:
+            decisions.append(out.argmax(axis=1))
+        else:
+            span = max(float(np.ptp(out)), 1e-12)
+            decisions.append(np.floor(out[:, 0] / (span / 100)))
+    return decisions
+
+
+def _changed(program: IntegerProgram, calibration: tuple, reference: list[np.ndarray]) -> float:
+    now = _decisions(program.run(*calibration))
+    return max(float(np.mean(a != b)) for a, b in zip(now, reference))
 
 
 # Shifts tried per element: all of them up to this many, evenly spread beyond.
 MAX_SHIFT_CANDIDATES = 64
 
 
-def align_rounding(program: IntegerProgram, calibration: tuple) -> None:
-    """Spread and shift each rounded accumulator element so rounding loses the least.
+def _align(step, x: np.ndarray) -> None:
+    """Spread and shift each element of a rounded accumulator so rounding loses the least.
 
     Rounding keeps a fixed number of the accumulator tensor's most significant bits, so
     an element whose values span a small part of the tensor's range (small weights) is
@@ -76,21 +117,10 @@ def align_rounding(program: IntegerProgram, calibration: tuple) -> None:
     bin of values to one table entry, so a step of the table (a ReLU's kink, a
     quantizer's threshold) inside a bin moves to the bin's edge; adding a per-element
     ``shift`` before rounding (free too) moves the bins instead. The shift kept is the
-    one under which the rounded lookup differs from the exact one on the fewest
-    calibration samples. The table reads ``function((rounded - shift) / gain)``, so
-    nothing else changes, and neither ever widens the accumulator beyond its bit-width.
+    one under which the rounded lookup differs from the exact one on the fewest samples
+    of ``x``. The table reads ``function((rounded - shift) / gain)``, so nothing else
+    changes, and neither ever widens the accumulator beyond its bit-width.
     """
-    values = dict(zip(program.input_names, calibration))
-    for step in program.steps:
-        args = [values[name] for name in step.inputs]
-        if isinstance(step, TableLookup):
-            step.gain = step.shift = None
-            if step.lsbs_to_remove:
-                _align(step, np.asarray(args[0], dtype=np.int64))
-        values[step.output] = step.numpy(*args)
-
-
-def _align(step, x: np.ndarray) -> None:
     unit = 1 << step.lsbs_to_remove
     low, high = int(x.min()), int(x.max())
     width = bit_width(low, high)

@@ -159,7 +159,7 @@ class TableLookup(Step):
         return int(np.prod(self.sample_shape))
 
     def _spread(self, x):
-        """Scaled by ``gain`` and shifted by ``shift`` (see ``align_rounding``): free in FHE."""
+        """Scaled by ``gain`` and shifted by ``shift`` (see ``rounding._align``): free in FHE."""
         if self.gain is not None:
             x = x * self.gain
         return x if self.shift is None else x + self.shift

@@ -31,9 +31,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Accumulators rounded to 5 bits before each lookup: a 5-bit bootstrap costs a fraction of a
-# 6-bit one (see benchmarks/estimator_checkerboard.py for the trade-off).
-DEFAULT_ROUNDING = {"n_bits": 5, "method": "approximate"}
+# Accumulators rounded to 6 bits before each lookup: 16 + 16 six-bit bootstraps run a
+# checkerboard sample in under a second here (benchmarks/estimator_checkerboard.py).
+DEFAULT_ROUNDING = {"n_bits": 6, "method": "approximate"}
 MAX_COMPILE_SAMPLES = 2000
 # settings of the FHE estimators that a float network has no use for
 FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "random_state")

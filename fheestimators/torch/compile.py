@@ -101,7 +101,11 @@ def build_quantized_module(
         ``model_inputs``, ``model_outputs``).
     rounding_threshold_bits : None, int or dict
         Round accumulators to this many bits before each table lookup; a dict gives
-        ``n_bits`` (int or "auto") and ``method`` ("exact" or "approximate").
+        ``n_bits`` (int or "auto") and ``method`` ("exact" or "approximate"). None (the
+        default) keeps every accumulator whole: encrypted results equal the clear ones
+        exactly, at the highest cost. ``"auto"`` gives each table the fewest bits that
+        leave the model's decisions (argmax, or the value to 1% of its range) unchanged on
+        all but 0.2% of the calibration samples: often several times faster.
     reduce_sum_copy : bool
         Accepted for compatibility: sums never widen their inputs here.
 

@@ -202,3 +202,19 @@ def test_gain_spreads_an_element_with_a_narrow_range():
 
     lookup.gain = lookup.shift = None  # rounding alone sees element 1 as 0 or 16
     assert np.count_nonzero(program.run(q)[:, 1] != exact[:, 1]) > 0
+
+
+def test_auto_rounding_keeps_the_decisions_on_the_calibration_data(unrounded):
+    from fheestimators.quantization.rounding import AUTO_MIN_BITS, AUTO_TOLERANCE
+
+    model, base = unrounded
+    module = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits={"n_bits": "auto"})
+    (lookup,) = module.program.table_lookups
+    assert lookup.lsbs_to_remove > 0
+    assert module.layer_reports()[0].lookup_bits >= AUTO_MIN_BITS
+    agree = np.mean(module.forward(X.numpy()).argmax(1) == base.forward(X.numpy()).argmax(1))
+    assert agree >= 1 - AUTO_TOLERANCE
+    # one bit fewer, unaligned, changes more decisions
+    lookup.lsbs_to_remove += 1
+    lookup.gain = lookup.shift = None
+    assert np.mean(module.forward(X.numpy()).argmax(1) == base.forward(X.numpy()).argmax(1)) < agree
