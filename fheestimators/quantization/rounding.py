@@ -14,8 +14,10 @@ from .program import IntegerProgram
 from .steps import TableLookup, bit_width
 
 RoundingLike = Union[None, int, Mapping[str, Union[str, int]]]
-# "auto" never goes below this many bits: the bootstrap costs hardly fall further.
+# "auto" never goes below this many bits (the bootstrap costs hardly fall further), nor
+# above that many (a wider bootstrap needs minutes of key generation and gigabytes of keys).
 AUTO_MIN_BITS = 3
+AUTO_MAX_BITS = 8
 # "auto" lowers a lookup's precision as long as at most this fraction of the calibration
 # samples see the model's decision change (argmax of the outputs; for one output column,
 # a change beyond 1% of its range).
@@ -49,9 +51,9 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     """Set ``lsbs_to_remove`` (with its gain and shift) on every lookup wider than the threshold.
 
     With ``n_bits="auto"``, lookups are visited in order and each gets the fewest bits
-    (not below ``AUTO_MIN_BITS``) under which, after ``_align``'s gain and shift, the
-    model decides as it does unrounded on all but ``AUTO_TOLERANCE`` of the calibration
-    samples.
+    (from ``AUTO_MIN_BITS`` to ``AUTO_MAX_BITS``) under which, after ``_align``'s gain and
+    shift, the model decides as it does unrounded on all but ``AUTO_TOLERANCE`` of the
+    calibration samples (``AUTO_MAX_BITS`` if none does).
     """
     parsed = parse_rounding(rounding)
     for step in program.table_lookups:
@@ -64,15 +66,16 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
         step.exactness = method
         x = _input_of(program, step, calibration)
         width = bit_width(int(x.min()), int(x.max()))
-        targets = range(min(AUTO_MIN_BITS, width), width) if n_bits == "auto" else [n_bits]
+        if n_bits == "auto":
+            targets = [*range(min(AUTO_MIN_BITS, width), min(width, AUTO_MAX_BITS)), min(width, AUTO_MAX_BITS)]
+        else:
+            targets = [n_bits]
         for target in targets:
-            step.lsbs_to_remove = max(width - target, 0)
+            step.lsbs_to_remove, step.gain, step.shift = max(width - target, 0), None, None
             if step.lsbs_to_remove:
                 _align(step, x)
             if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
                 break
-        else:
-            step.lsbs_to_remove, step.gain, step.shift = 0, None, None
 
 
 def _input_of(program: IntegerProgram, lookup: TableLookup, calibration: tuple) -> np.ndarray:
