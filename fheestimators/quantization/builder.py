@@ -15,7 +15,7 @@ import numpy as np
 from ..onnx.graph import Graph, Node
 from ..onnx.ops import OPS, quant_bounds
 from .program import IntegerProgram, Output
-from .quantizers import NBits, UniformQuantizer
+from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, NBits, UniformQuantizer
 from .steps import Shift, Step, TableLookup
 from .values import Encrypted
 
@@ -122,6 +122,13 @@ class Builder:
             if scale is not None:
                 q = np.rint(weights / scale)
                 if np.allclose(q * scale, weights, rtol=0, atol=1e-6 * max(scale, 1e-12) + 1e-7 * np.abs(weights).max()):
+                    widest = float(np.abs(q).max())
+                    if widest >= 2**MAX_ACCUMULATOR_BIT_WIDTH:
+                        raise ValueError(
+                            f"the weights of layer {node.name!r} are integers of {int(np.log2(widest)) + 2} "
+                            f"bits; FHE holds at most {MAX_ACCUMULATOR_BIT_WIDTH}-bit integers: lower the "
+                            "layer's weight bit-width (brevitas weight_bit_width)"
+                        )
                     return q.astype(np.int64), scale
             if self.strict_qat:
                 raise ValueError(

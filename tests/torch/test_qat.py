@@ -764,3 +764,17 @@ def test_has_any_qnn_layers():
     assert has_any_qnn_layers(nn.Sequential(nn.Linear(2, 2), nn.Sequential(qnn.QuantReLU(bit_width=3))))
     assert not has_any_qnn_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)))
     assert not has_any_qnn_layers(FakeQuantNet())
+
+
+def test_weights_wider_than_fhe_integers_name_the_layer():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        qnn.QuantIdentity(bit_width=3, return_quant_tensor=True),
+        qnn.QuantLinear(2, 4, bias=True, weight_bit_width=3, bias_quant=None),
+        torch.nn.ReLU(),
+        qnn.QuantIdentity(bit_width=3, return_quant_tensor=True),
+        qnn.QuantLinear(4, 2, bias=True, weight_bit_width=60, bias_quant=None),
+    )
+    x = torch.randn(50, 2)
+    with pytest.raises(ValueError, match=r"weights of layer '[^']*' are integers of \d+ bits.*weight bit-width"):
+        compile_brevitas_qat_model(model, x)
