@@ -61,7 +61,7 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     if parsed is None:
         return
     n_bits, method = parsed
-    reference = _decisions(program.run(*calibration)) if n_bits == "auto" else None
+    reference = _decisions(program, calibration) if n_bits == "auto" else None
     for step in program.table_lookups:
         step.exactness = method
         x = _input_of(program, step, calibration)
@@ -88,11 +88,13 @@ def _input_of(program: IntegerProgram, lookup: TableLookup, calibration: tuple) 
     raise ValueError(f"lookup {lookup.name!r} is not a step of the program")
 
 
-def _decisions(outputs) -> list[np.ndarray]:
-    """Per sample, what the model decides: the argmax, or the value to 1% of its range."""
+def _decisions(program: IntegerProgram, calibration: tuple) -> list[np.ndarray]:
+    """Per sample, what the model decides: the argmax of its (dequantized) outputs, or the value to 1% of its range."""
+    results = program.run(*calibration)
     decisions = []
-    for out in outputs if isinstance(outputs, tuple) else (outputs,):
-        out = np.asarray(out).reshape(len(out), -1)
+    for out, reader in zip(results if isinstance(results, tuple) else (results,), program.outputs):
+        out = reader.dequantize(out)
+        out = out.reshape(len(out), -1)
         if out.shape[1] > 1:
             decisions.append(out.argmax(axis=1))
         else:
@@ -102,8 +104,7 @@ def _decisions(outputs) -> list[np.ndarray]:
 
 
 def _changed(program: IntegerProgram, calibration: tuple, reference: list[np.ndarray]) -> float:
-    now = _decisions(program.run(*calibration))
-    return max(float(np.mean(a != b)) for a, b in zip(now, reference))
+    return max(float(np.mean(a != b)) for a, b in zip(_decisions(program, calibration), reference))
 
 
 # Shifts tried per element: all of them up to this many, evenly spread beyond.
