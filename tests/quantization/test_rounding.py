@@ -218,3 +218,17 @@ def test_auto_rounding_keeps_the_decisions_on_the_calibration_data(unrounded):
     lookup.lsbs_to_remove += 1
     lookup.gain = lookup.shift = None
     assert np.mean(module.forward(X.numpy()).argmax(1) == base.forward(X.numpy()).argmax(1)) < agree
+
+
+def test_auto_rounding_judges_the_dequantized_outputs():
+    from fheestimators.quantization.rounding import AUTO_TOLERANCE
+
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(2, 12), nn.ReLU(), nn.Linear(12, 3)).eval()
+    with torch.no_grad():  # biases that decide most samples: integer accumulators alone would mislead
+        model[2].bias.copy_(torch.tensor([1.5, 0.0, -1.5]))
+    base = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits=None)
+    module = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits={"n_bits": "auto"})
+    decided = base.forward(X.numpy()).argmax(1)
+    assert len(set(decided)) > 1
+    assert np.mean(module.forward(X.numpy()).argmax(1) == decided) >= 1 - AUTO_TOLERANCE
