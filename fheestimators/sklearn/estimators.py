@@ -40,6 +40,18 @@ FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "rand
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Train on one thread: these networks are too small to gain from more, and on a busy
+    machine torch's thread pool makes each step up to a hundred times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class FheMixin:
     """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
 
@@ -124,7 +136,7 @@ class FheMixin:
     def _train(self, X, y, restart: bool, classes=None, **fit_params):
         restart = restart or not (self.initialized_ and hasattr(self, "n_features_in_"))
         X, y = self._training_data(X, y, reset=restart, classes=classes)
-        with self._torch_seed():
+        with self._torch_seed(), _one_torch_thread():
             if restart:
                 self.initialize()
             super().partial_fit(X, y, **fit_params)
