@@ -91,8 +91,11 @@ ROWS = [
     Row("qat-pruned-30", "c", "QATPrunedSimpleNet(100), 30 non-zero (page 002)", lambda: QATPrunedSimpleNet(100),
         qat=True, max_non_zero=30,
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
-    Row("qat-pruned-30-auto", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto",
+    Row("qat-pruned-30-auto", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto (approximate)",
         lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding={"n_bits": "auto"},
+        spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
+    Row("qat-pruned-30-auto-exact", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto (exact)",
+        lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding={"n_bits": "auto", "method": "exact"},
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
     Row("quant-simple-30", "c", "QuantSimpleNet(100), 30 non-zero (page 001)", lambda: QuantSimpleNet(100),
         qat=True, max_non_zero=30, inputs="2x-1",
@@ -101,7 +104,7 @@ ROWS = [
 ROW_KEYS = [row.key for row in ROWS] + ["estimator"]
 
 FULL = dict(seeds=10, epochs=20, qat_epochs=20, fhe_samples=3, fhe_rows="all", throughput_samples=100,
-            throughput_rows="qat-pruned-30-auto,estimator", throughput_budget=150.0, estimator_seeds=1,
+            throughput_rows="qat-pruned-30-auto,qat-pruned-30-auto-exact,estimator", throughput_budget=150.0, estimator_seeds=1,
             estimator_epochs=None)
 QUICK = dict(seeds=1, epochs=4, qat_epochs=4, fhe_samples=1, fhe_rows="simplenet-10,estimator",
              throughput_samples=2, throughput_rows="estimator", throughput_budget=15.0, estimator_seeds=1,
@@ -415,7 +418,8 @@ def to_markdown(results: dict) -> str:
     ]
     groups = [("a", "a. SimpleNet, post-training quantization to 3 bits", "neurons", lambda r: r["label"][10:-1]),
               ("b", "b. PrunedSimpleNet (100 neurons), 3-bit PTQ", "non-zero neurons", lambda r: str(r["max_non_zero"])),
-              ("c", "c. QAT with pruning (100 neurons, 3 bits)", "network", lambda r: r["label"].split(",")[0])]
+              ("c", "c. QAT with pruning (100 neurons, 3 bits)", "network",
+               lambda r: r["label"].replace(", 30 non-zero", ""))]
     for letter, title, column_title, name in groups:
         chosen = [r for r in rows.values() if r["table"] == letter]
         if chosen:
