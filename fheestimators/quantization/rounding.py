@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Mapping, Optional, Union
 
 import numpy as np
-from concrete import fhe
 
 from .program import IntegerProgram
 from .steps import TableLookup, bit_width
@@ -62,30 +61,29 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
         return
     n_bits, method = parsed
     reference = _decisions(program, calibration) if n_bits == "auto" else None
-    for step in program.table_lookups:
-        step.exactness = method
-        x = _input_of(program, step, calibration)
-        width = bit_width(int(x.min()), int(x.max()))
-        if n_bits == "auto":
-            targets = [*range(min(AUTO_MIN_BITS, width), min(width, AUTO_MAX_BITS)), min(width, AUTO_MAX_BITS)]
-        else:
-            targets = [n_bits]
-        for target in targets:
-            step.lsbs_to_remove, step.gain, step.shift = max(width - target, 0), None, None
-            if step.lsbs_to_remove:
-                _align(step, x)
-            if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
-                break
-
-
-def _input_of(program: IntegerProgram, lookup: TableLookup, calibration: tuple) -> np.ndarray:
     values = dict(zip(program.input_names, calibration))
     for step in program.steps:
         args = [values[name] for name in step.inputs]
-        if step is lookup:
-            return np.asarray(args[0], dtype=np.int64)
+        if isinstance(step, TableLookup):
+            step.exactness = method
+            _choose_precision(step, np.asarray(args[0], dtype=np.int64), n_bits, program, calibration, reference)
         values[step.output] = step.numpy(*args)
-    raise ValueError(f"lookup {lookup.name!r} is not a step of the program")
+
+
+def _choose_precision(step: TableLookup, x: np.ndarray, n_bits, program: IntegerProgram, calibration: tuple,
+                      reference: Optional[list]) -> None:
+    """``n_bits`` for the lookup reading ``x``; for "auto", the fewest that keep ``reference``."""
+    width = bit_width(int(x.min()), int(x.max()))
+    if n_bits == "auto":
+        targets = [*range(min(AUTO_MIN_BITS, width), min(width, AUTO_MAX_BITS)), min(width, AUTO_MAX_BITS)]
+    else:
+        targets = [n_bits]
+    for target in targets:
+        step.lsbs_to_remove, step.gain, step.shift = max(width - target, 0), None, None
+        if step.lsbs_to_remove:
+            _align(step, x, width)
+        if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
+            return
 
 
 def _decisions(program: IntegerProgram, calibration: tuple) -> list[np.ndarray]:
@@ -111,7 +109,7 @@ def _changed(program: IntegerProgram, calibration: tuple, reference: list[np.nda
 MAX_SHIFT_CANDIDATES = 64
 
 
-def _align(step, x: np.ndarray) -> None:
+def _align(step: TableLookup, x: np.ndarray, width: int) -> None:
     """Spread and shift each element of a rounded accumulator so rounding loses the least.
 
     Rounding keeps a fixed number of the accumulator tensor's most significant bits, so
@@ -126,9 +124,7 @@ def _align(step, x: np.ndarray) -> None:
     changes, and neither ever widens the accumulator beyond its bit-width.
     """
     unit = 1 << step.lsbs_to_remove
-    low, high = int(x.min()), int(x.max())
-    width = bit_width(low, high)
-    lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if low < 0 else (0, (1 << width) - 1)
+    lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if x.min() < 0 else (0, (1 << width) - 1)
     exact = step.function(x)
     per_low, per_high = x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True)
     # the largest integer gain that keeps the element in range, with room for a shift
@@ -136,7 +132,6 @@ def _align(step, x: np.ndarray) -> None:
     room_low = np.where(per_low < 0, (lowest + unit // 2) / np.minimum(per_low, -1), np.inf)
     gain = np.clip(np.floor(np.minimum(room_high, room_low)), 1, unit).astype(np.int64)
     step.gain = gain if np.any(gain > 1) else None
-    spread = x * gain
     spread_low, spread_high = per_low * gain, per_high * gain
 
     candidates = np.arange(-(unit // 2), unit // 2 + 1)
@@ -147,8 +142,8 @@ def _align(step, x: np.ndarray) -> None:
     best = np.zeros(per_low.shape, dtype=np.int64)
     for shift in candidates:
         fits = (spread_low + shift >= lowest) & (spread_high + shift <= highest)
-        rounded = fhe.round_bit_pattern(spread + shift, lsbs_to_remove=step.lsbs_to_remove)
-        errors = np.sum(step.function((rounded - shift) / gain) != exact, axis=0, keepdims=True)
+        step.shift = shift  # the same shift for every element: each keeps its best
+        errors = np.sum(step.numpy(x) != exact, axis=0, keepdims=True)
         better = fits & (errors < best_errors)
         best_errors = np.where(better, errors, best_errors)
         best = np.where(better, shift, best)
