@@ -49,24 +49,25 @@ class FloatMLP(nn.Module):
         return self.layers(x)
 
 
-class _SameSchedule:
-    """The learning-rate schedule of the FHE estimators, so that only quantization differs."""
+class _FloatTwin:
+    """What both twins share: the FHE estimators' data handling and learning-rate schedule,
+    so that only quantization differs."""
 
     def get_default_callbacks(self):
         return [*super().get_default_callbacks(), ("one_cycle", OneCycle())]
-
-
-class FloatNeuralNetClassifier(_SameSchedule, _ClassLabels, skorch.NeuralNetClassifier):
-    """skorch's classifier, taking data as ours does: any labels, float64 or pandas ``X``.
-
-    ``fit_benchmark`` trains one on a ``FloatMLP``: the accuracy of the network
-    without quantization, pruning or FHE.
-    """
 
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``; returns ``self``."""
         X, y = self._training_data(X, y, reset=True)
         return super().fit(X, y, **fit_params)
+
+
+class FloatNeuralNetClassifier(_FloatTwin, _ClassLabels, skorch.NeuralNetClassifier):
+    """skorch's classifier, taking data as ours does: any labels, float64 or pandas ``X``.
+
+    ``fit_benchmark`` trains one on a ``FloatMLP``: the accuracy of the network
+    without quantization, pruning or FHE.
+    """
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, in the order of ``classes_``."""
@@ -78,17 +79,12 @@ class FloatNeuralNetClassifier(_SameSchedule, _ClassLabels, skorch.NeuralNetClas
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
 
-class FloatNeuralNetRegressor(_SameSchedule, _Targets, skorch.NeuralNetRegressor):
+class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
     """skorch's regressor, taking data as ours does (1-D ``y``, float64 or pandas ``X``).
 
     ``fit_benchmark`` trains one on a ``FloatMLP``: the score of the network
     without quantization, pruning or FHE.
     """
-
-    def fit(self, X, y, **fit_params):
-        """Train the float network on ``(X, y)``; returns ``self``."""
-        X, y = self._training_data(X, y, reset=True)
-        return super().fit(X, y, **fit_params)
 
     def predict(self, X) -> np.ndarray:
         """Predicted values, shaped like the ``y`` of ``fit``."""
