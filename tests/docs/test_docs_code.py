@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
+from fheestimators.sklearn.estimators import _one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
@@ -50,12 +50,8 @@ def test_the_block_finder():
 @pytest.fixture
 def one_torch_thread():
     """Tiny models train fastest on one thread; on a busy machine several threads spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=page_id)
