@@ -80,14 +80,18 @@ def make_pruning_permanent(model: nn.Module) -> None:
             prune.remove(layer, "weight")
 
 
-class PrunedSimpleNet(SimpleNet):
-    """``SimpleNet`` whose linear layers can be pruned to ``max_non_zero`` inputs per neuron."""
+class Prunable:
+    """The pages' ``prune(max_non_zero, enable)``: masks on with True, folded in with False."""
 
     def prune(self, max_non_zero: int, enable: bool = True) -> None:
         if enable:
             prune_linear_layers(self, max_non_zero)
         else:
             make_pruning_permanent(self)
+
+
+class PrunedSimpleNet(Prunable, SimpleNet):
+    """``SimpleNet`` whose linear layers can be pruned to ``max_non_zero`` inputs per neuron."""
 
 
 # -- page 002: QAT with the CommonQuant injectors --------------------------------------------
@@ -126,7 +130,7 @@ def _uniform_init(model: nn.Module) -> None:
             nn.init.uniform_(layer.weight.data, -1, 1)
 
 
-class QATPrunedSimpleNet(nn.Module):
+class QATPrunedSimpleNet(Prunable, nn.Module):
     """Page 002: 3-bit QuantIdentity before every QuantLinear, torch.relu between them.
 
     Parameters
@@ -155,15 +159,9 @@ class QATPrunedSimpleNet(nn.Module):
         x = self.q2(torch.relu(self.fc2(x)))
         return self.fc3(x)
 
-    def prune(self, max_non_zero: int, enable: bool = True) -> None:
-        if enable:
-            prune_linear_layers(self, max_non_zero)
-        else:
-            make_pruning_permanent(self)
-
 
 # -- page 001: QuantSimpleNet ------------------------------------------------------------------
-class QuantSimpleNet(nn.Module):
+class QuantSimpleNet(Prunable, nn.Module):
     """Page 001: per-tensor float-scaled 3-bit quantizers, QuantReLU activations."""
 
     def __init__(self, n_hidden: int, n_bits: int = N_BITS):
@@ -183,12 +181,6 @@ class QuantSimpleNet(nn.Module):
         x = self.relu1(self.fc1(x))
         x = self.relu2(self.fc2(x))
         return self.fc3(x)
-
-    def prune(self, max_non_zero: int, enable: bool = True) -> None:
-        if enable:
-            prune_linear_layers(self, max_non_zero)
-        else:
-            make_pruning_permanent(self)
 
 
 # -- training and evaluation -------------------------------------------------------------------
