@@ -121,7 +121,9 @@ def _align(step: TableLookup, x: np.ndarray, width: int) -> None:
     ``shift`` before rounding (free too) moves the bins instead. The shift kept is the
     one under which the rounded lookup differs from the exact one on the fewest samples
     of ``x``. The table reads ``function((rounded - shift) / gain)``, so nothing else
-    changes, and neither ever widens the accumulator beyond its bit-width.
+    changes. Neither ever widens the rounded value beyond the bit-width: a value within
+    half a bin of the top would round up past it (concrete-python then adds a bit, and
+    per-element tables fall back to exact rounding), so shifts that get there are refused.
     """
     unit = 1 << step.lsbs_to_remove
     lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if x.min() < 0 else (0, (1 << width) - 1)
@@ -140,13 +142,17 @@ def _align(step: TableLookup, x: np.ndarray, width: int) -> None:
     candidates = sorted(candidates, key=abs)  # ties keep the smallest shift
     best_errors = np.full(per_low.shape, np.iinfo(np.int64).max)
     best = np.zeros(per_low.shape, dtype=np.int64)
+    # round-half-up sends values above ``highest - unit / 2`` to ``highest + 1``: one bit more
+    top = highest - unit // 2
     for shift in candidates:
-        fits = (spread_low + shift >= lowest) & (spread_high + shift <= highest)
         step.shift = shift  # the same shift for every element: each keeps its best
         errors = np.sum(step.numpy(x) != exact, axis=0, keepdims=True)
-        better = fits & (errors < best_errors)
+        # a whole bin lower puts the same values on the same table entries
+        fits_here = (spread_low + shift >= lowest) & (spread_high + shift <= top)
+        fits_lower = (spread_low + shift - unit >= lowest) & (spread_high + shift - unit <= top)
+        better = (fits_here | fits_lower) & (errors < best_errors)
         best_errors = np.where(better, errors, best_errors)
-        best = np.where(better, shift, best)
+        best = np.where(better, np.where(fits_here, shift, shift - unit), best)
     step.shift = best if np.any(best) else None
 
 

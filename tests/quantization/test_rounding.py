@@ -178,6 +178,19 @@ def test_alignment_never_widens_the_accumulator():
     assert shifted.min() >= 0 and shifted.max() <= 255
 
 
+def test_alignment_keeps_the_rounded_value_within_the_bit_width():
+    from fheestimators.quantization.rounding import apply_rounding
+
+    # bins of 16 have edges at 8 + 16k: the step at 229 needs a shift of +3 or -13, and
+    # +3 would take 245 to 248, which rounds up to 256 (9 bits)
+    q = np.arange(20, 246)[:, None]
+    program, lookup = _step_program([229])
+    apply_rounding(program, (q,), 4)
+    np.testing.assert_array_equal(program.run(q), (q >= 229).astype(np.int64))
+    assert int(lookup.shift[0, 0]) == -13
+    assert lookup.rounded(q).max() <= 255
+
+
 def test_alignment_in_fhe_matches_the_clear_run():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
