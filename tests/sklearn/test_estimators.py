@@ -61,10 +61,21 @@ def test_execute_on_one_sample(data):
     X, y = data
     torch.manual_seed(0)
     tiny = dict(module__n_input_bits=3, module__n_w_bits=2, module__n_a_bits=2)  # ~6-bit accumulators
-    clf = NeuralNetClassifier(**SMALL, **tiny, rounding_threshold_bits=None).fit(X, y)
+    clf = NeuralNetClassifier(**SMALL, **tiny, rounding_threshold_bits=None, global_p_error=1e-5).fit(X, y)
     assert clf.quantized_module_.max_bit_width <= 7
     np.testing.assert_allclose(clf.predict_proba(X[:1], fhe="execute"), clf.predict_proba(X[:1]), atol=1e-12)
     np.testing.assert_array_equal(clf.predict(X[:1], fhe="execute"), clf.predict(X[:1], fhe="simulate"))
+
+
+def test_p_error_replaces_the_default_global_p_error(data):
+    X, y = data
+    clf = NeuralNetClassifier(**SMALL, random_state=0).fit(X, y)
+    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (None, 1e-3)
+    clf.compile(X, p_error=0.01)
+    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (0.01, None)
+    assert clf.fhe_circuit.p_error <= 0.01
+    with pytest.raises(ValueError, match="not both"):
+        clf.compile(X, p_error=0.01, global_p_error=0.05)
 
 
 def test_without_rounding_the_circuit_is_the_trained_brevitas_network(fitted, data):

@@ -23,8 +23,9 @@ TINY = dict(
     max_epochs=10, lr=0.1, batch_size=32, random_state=0,
 )
 # For fhe="execute": 2-bit weights and activations keep accumulators narrow (fast keys), and
-# without rounding the encrypted results equal the clear ones exactly.
-EXECUTABLE = dict(TINY, module__n_w_bits=2, module__n_a_bits=2, rounding_threshold_bits=None)
+# without rounding the encrypted results equal the clear ones exactly (concrete-python's
+# strict error probability, not the estimators' looser default, for exact comparisons).
+EXECUTABLE = dict(TINY, module__n_w_bits=2, module__n_a_bits=2, rounding_threshold_bits=None, global_p_error=1e-5)
 # scikit-learn's checks fit over a hundred times, and a fit is mostly compilation: a single
 # linear layer compiles fastest. The checks are about the API (validation, fitted state,
 # pickling, determinism, accuracy above 0.83 and R² above 0.5), which is the same whatever the

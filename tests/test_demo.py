@@ -1,0 +1,19 @@
+"""The README's main job, shortened: train, compile, predict encrypted, print the figures."""
+import json
+
+import pytest
+
+from fheestimators import demo
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_main_job_prints_accuracy_and_latency(capsys):
+    results = demo.main(["--max-epochs", "3", "--fhe-samples", "2"])
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{"):]) == results
+    assert 0.0 <= results["simulate_accuracy"] <= 1.0
+    # the same integers, run two ways; simulate also draws the rare lookup errors p_error allows
+    assert abs(results["disable_accuracy"] - results["simulate_accuracy"]) <= 0.01
+    assert results["execute_latency_s"] > 0 and results["keygen_s"] > 0
+    assert results["programmable_bootstraps"] > 0
+    assert isinstance(results["execute_matches_simulate"], bool)
