@@ -66,7 +66,7 @@ class Row:
     max_non_zero: Optional[int] = None
     spec: Optional[dict] = None  # the page's figures for this row
     inputs: str = "x"  # a key of INPUTS: what the network sees of the board's [0, 1]^2 points
-    rounding: Optional[dict] = None  # rounding_threshold_bits of the compile call
+    rounding: object = "default"  # rounding_threshold_bits of the compile call ("default": not given)
 
 
 INPUTS = {
@@ -88,14 +88,14 @@ ROWS = [
         spec={"torch_accuracy": 0.8250, "quantized_accuracy": 0.5774, "accumulator_bits": 6.6}),
     Row("pruned-30", "b", "PrunedSimpleNet(100), 30 non-zero", lambda: PrunedSimpleNet(100), max_non_zero=30,
         spec={"torch_accuracy": 0.8806, "quantized_accuracy": 0.5782, "accumulator_bits": 6.8}),
-    Row("qat-pruned-30", "c", "QATPrunedSimpleNet(100), 30 non-zero (page 002)", lambda: QATPrunedSimpleNet(100),
-        qat=True, max_non_zero=30,
+    Row("qat-pruned-30", "c", "QATPrunedSimpleNet(100), 30 non-zero (page 002), our defaults: rounding auto (exact)",
+        lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30,
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
     Row("qat-pruned-30-auto", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto (approximate)",
         lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding={"n_bits": "auto"},
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
-    Row("qat-pruned-30-auto-exact", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto (exact)",
-        lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding={"n_bits": "auto", "method": "exact"},
+    Row("qat-pruned-30-unrounded", "c", "QATPrunedSimpleNet(100), 30 non-zero, no rounding (the specification's default)",
+        lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding=None,
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
     Row("quant-simple-30", "c", "QuantSimpleNet(100), 30 non-zero (page 001)", lambda: QuantSimpleNet(100),
         qat=True, max_non_zero=30, inputs="2x-1",
@@ -104,7 +104,7 @@ ROWS = [
 ROW_KEYS = [row.key for row in ROWS] + ["estimator"]
 
 FULL = dict(seeds=10, epochs=20, qat_epochs=20, fhe_samples=3, fhe_rows="all", throughput_samples=100,
-            throughput_rows="qat-pruned-30-auto,qat-pruned-30-auto-exact,estimator", throughput_budget=150.0, estimator_seeds=1,
+            throughput_rows="qat-pruned-30,qat-pruned-30-auto,estimator", throughput_budget=150.0, estimator_seeds=1,
             estimator_epochs=None)
 QUICK = dict(seeds=1, epochs=4, qat_epochs=4, fhe_samples=1, fhe_rows="simplenet-10,estimator",
              throughput_samples=2, throughput_rows="estimator", throughput_budget=15.0, estimator_seeds=1,
@@ -127,12 +127,13 @@ def accuracy(outputs: np.ndarray, y: np.ndarray) -> float:
 def quantize(row: Row, model: torch.nn.Module, X_calibration: np.ndarray,
              p_error: Optional[float] = None) -> tuple[object, dict]:
     """Import (and compile) the trained model; on a compile error, keep the clear module and the message."""
+    options = {} if row.rounding == "default" else {"rounding_threshold_bits": row.rounding}
     if row.qat:
         def compile_model(m, x):
-            return compile_brevitas_qat_model(m, x, p_error=p_error, rounding_threshold_bits=row.rounding)
+            return compile_brevitas_qat_model(m, x, p_error=p_error, **options)
     else:
         def compile_model(m, x):
-            return compile_torch_model(m, x, n_bits=N_BITS, p_error=p_error, rounding_threshold_bits=row.rounding)
+            return compile_torch_model(m, x, n_bits=N_BITS, p_error=p_error, **options)
     record: dict = {}
     with stopwatch() as t:
         try:

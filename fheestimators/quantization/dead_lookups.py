@@ -46,10 +46,11 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
     if len(readers) != 1 or not isinstance(readers[0], MatMul) or readers[0].left:
         return 0
     after = readers[0]
-    before = _producer(program, lookup.inputs[0])
+    chain = _lookup_chain(program, lookup)
+    before = _producer(program, chain[-1].inputs[0])
     read = np.any(after.weight != 0, axis=1)
     constant = np.zeros(width, dtype=bool)
-    if isinstance(before, MatMul) and not before.left:
+    if isinstance(before, MatMul) and not before.left and len(chain) == 1:
         constant = ~np.any(before.weight != 0, axis=0)
     live = read & ~constant
     if live.all() or not live.any():
@@ -59,15 +60,19 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
     folded = (outputs * constant * read) @ after.weight
     keep = np.flatnonzero(live)
 
+    first = chain[-1]
     if isinstance(before, MatMul) and not before.left and len(_consumers(program, before.output)) == 1:
         before.weight = before.weight[:, keep]
     else:
-        gathered = f"{lookup.inputs[0]}.live"
-        index = program.steps.index(lookup)
-        program.steps.insert(index, Index(lookup.name, [lookup.inputs[0]], gathered, positions=keep))
-        lookup.inputs = [gathered]
-    lookup.function = _restricted(lookup.function, keep, width)
-    lookup.sample_shape = (1, keep.size)
+        # gathered before the chain's first lookup: concrete-python 2.11 fails to lower
+        # a lookup → gather → lookup sequence ("one body argument per input dimension")
+        gathered = f"{first.inputs[0]}.live"
+        index = program.steps.index(first)
+        program.steps.insert(index, Index(first.name, [first.inputs[0]], gathered, positions=keep))
+        first.inputs = [gathered]
+    for step in chain:
+        step.function = _restricted(step.function, keep, width)
+        step.sample_shape = (1, keep.size)
     after.weight = after.weight[keep]
     if np.any(folded != 0):
         total = after.output
@@ -75,6 +80,19 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
         position = program.steps.index(after) + 1
         program.steps.insert(position, Shift(after.name, [after.output], total, constant=folded[None, :].astype(np.int64)))
     return width - keep.size
+
+
+def _lookup_chain(program: IntegerProgram, lookup: TableLookup) -> list[TableLookup]:
+    """``lookup`` and the lookups that feed it one to one (a quantizer before an
+    activation, say), last first: all of them shrink with the neurons."""
+    chain = [lookup]
+    while True:
+        source = _producer(program, chain[-1].inputs[0])
+        if (not isinstance(source, TableLookup) or source.sample_shape != lookup.sample_shape
+                or len(_consumers(program, source.output)) != 1
+                or any(out.source == source.output for out in program.outputs)):
+            return chain
+        chain.append(source)
 
 
 def _restricted(function, keep: np.ndarray, width: int):

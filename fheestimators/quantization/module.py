@@ -14,7 +14,6 @@ from ..fhe.modes import FheMode
 from .program import IntegerProgram
 from .rounding import exact_fallback
 from .report import LayerReport, layer_reports, format_report
-from .steps import TableLookup, bit_width
 from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, MAX_TLU_BIT_WIDTH
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .program import IntegerProgram
-from .steps import TableLookup, bit_width
+from .steps import bit_width
 
 
 @dataclass

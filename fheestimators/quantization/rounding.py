@@ -5,6 +5,8 @@ bootstrap work on ``n`` bits instead of the accumulator's full width.
 """
 from __future__ import annotations
 
+import warnings
+from types import MappingProxyType
 from typing import Mapping, Optional, Union
 
 import numpy as np
@@ -21,6 +23,12 @@ AUTO_MAX_BITS = 8
 # samples see the model's decision change (argmax of the outputs; for one output column,
 # a change beyond 1% of its range).
 AUTO_TOLERANCE = 0.002
+# Fewer calibration samples than this say too little about the decisions: "auto" then
+# keeps the accumulators whole.
+AUTO_MIN_SAMPLES = 100
+# The QAT import's default: decisions kept (as above), and exact rounding, so the
+# encrypted run equals the simulation bit for bit.
+AUTO_EXACT = MappingProxyType({"n_bits": "auto", "method": "exact"})
 
 
 def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Union[int, str], str]]:
@@ -60,6 +68,13 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     if parsed is None:
         return
     n_bits, method = parsed
+    if n_bits == "auto" and len(calibration[0]) < AUTO_MIN_SAMPLES:
+        warnings.warn(
+            f"rounding 'auto' needs at least {AUTO_MIN_SAMPLES} calibration samples to judge the "
+            f"model's decisions, got {len(calibration[0])}: accumulators are kept whole",
+            UserWarning, stacklevel=2,
+        )
+        return
     reference = _decisions(program, calibration) if n_bits == "auto" else None
     values = dict(zip(program.input_names, calibration))
     for step in program.steps:

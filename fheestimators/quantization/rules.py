@@ -148,7 +148,7 @@ def _weights(args: list, node: Node, position: int) -> np.ndarray:
 
 @rule("Gemm")
 def gemm(builder: Builder, node: Node, args: list) -> list:
-    a, b = args[0], args[1]
+    a = args[0]
     if not isinstance(a, Encrypted) or node.attrs.get("transA", 0):
         raise ValueError(f"Gemm node {node.name!r}: only an encrypted first input, not transposed, is supported")
     weight = _weights(args, node, 1)

@@ -7,7 +7,7 @@ to ``numpy``; table lookups and convolutions differ.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

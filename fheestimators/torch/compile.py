@@ -15,8 +15,8 @@ from ..onnx.graph import Graph
 from ..quantization.builder import build_program
 from ..quantization.dead_lookups import remove_dead_lookups
 from ..quantization.module import QuantizedModule
-from ..quantization.quantizers import MAX_TLU_BIT_WIDTH, NBits
-from ..quantization.rounding import RoundingLike, apply_rounding
+from ..quantization.quantizers import NBits
+from ..quantization.rounding import AUTO_EXACT, RoundingLike, apply_rounding
 
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
@@ -231,7 +231,7 @@ def compile_brevitas_qat_model(
     configuration: Optional[fhe.Configuration] = None,
     artifacts: Optional[DebugArtifacts] = None,
     show_mlir: bool = False,
-    rounding_threshold_bits: RoundingLike = None,
+    rounding_threshold_bits: RoundingLike = AUTO_EXACT,
     p_error: Optional[float] = None,
     global_p_error: Optional[float] = None,
     output_onnx_file: Union[None, Path, str] = None,
@@ -243,7 +243,8 @@ def compile_brevitas_qat_model(
 
     Bit-widths, scales and zero-points are read from the Brevitas quantizers: nothing
     Brevitas quantized is quantized again, so the module predicts what the Brevitas
-    model predicts. The network must start with a ``QuantIdentity`` and quantize the
+    model predicts (exactly with ``rounding_threshold_bits=None``; with the default
+    rounding, the same decisions on all but 0.2% of the inputset). The network must start with a ``QuantIdentity`` and quantize the
     input of every linear layer (``QuantIdentity`` / ``QuantReLU``). The parameters not
     listed below are those of ``compile_torch_model``.
 
@@ -257,6 +258,14 @@ def compile_brevitas_qat_model(
         None uses the Brevitas settings. An int or a dict with ``model_inputs`` /
         ``model_outputs`` sets the bits of values the model does not quantize itself
         (e.g. an encrypted addition of two branches); default 8.
+    rounding_threshold_bits : None, int or dict
+        As for ``compile_torch_model``, but the default here is
+        ``{"n_bits": "auto", "method": "exact"}``: each accumulator is rounded to the
+        fewest bits that keep the model's decisions on all but 0.2% of the inputset
+        (at least 100 samples; fewer keep every accumulator whole), exactly, so the
+        encrypted run equals the simulation. The low-bit activations of QAT networks
+        make this cheap in accuracy and 3 to 6 times faster in FHE. None gives the
+        Brevitas outputs exactly.
     output_onnx_file : str or Path, optional
         Where to keep the exported QONNX model (a temporary file otherwise).
 

@@ -1,6 +1,5 @@
 """Neurons that pruning cut off cost no bootstrap, and the results do not change."""
 import numpy as np
-import pytest
 import torch
 
 from fheestimators.torch.compile import build_quantized_module, compile_torch_model
@@ -57,3 +56,43 @@ def test_dead_neurons_are_skipped_in_fhe_too():
     assert module.fhe_circuit.programmable_bootstrap_count == 8 - 2
     np.testing.assert_array_equal(module.forward(x[:2], fhe="execute"), module.forward(x[:2]))
     np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
+
+
+def test_chained_lookups_shrink_together():
+    """A quantizer before the activation makes two lookups per neuron: both lose the dead ones."""
+    import brevitas.nn as qnn
+    from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
+
+    from fheestimators.quantization.steps import Index
+    from fheestimators.torch.compile import compile_brevitas_qat_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        qnn.QuantIdentity(bit_width=4, return_quant_tensor=True),
+        qnn.QuantLinear(2, 6, bias=True, weight_bit_width=3, bias_quant=None),
+        qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=5),
+        torch.nn.ReLU(),
+        qnn.QuantIdentity(act_quant=Uint8ActPerTensorFloat, bit_width=3, return_quant_tensor=True),
+        qnn.QuantLinear(6, 2, bias=True, weight_bit_width=3, bias_quant=None),
+    )
+    x = torch.randn(200, 2)
+    model(x)
+    with torch.no_grad():
+        model[5].weight[:, [1, 4]] = 0  # hidden neurons 1 and 4 are read by no output
+    model.eval()
+    module = compile_brevitas_qat_model(model, x, rounding_threshold_bits=None)
+    lookups = module.program.table_lookups
+    assert len(lookups) == 2 and all(step.n_elements == 4 for step in lookups)
+    assert not any(isinstance(step, Index) for step in module.program.steps)
+    assert module.fhe_circuit.programmable_bootstrap_count == 4
+    import fheestimators.torch.compile as compile_module
+
+    original = compile_module.remove_dead_lookups
+    compile_module.remove_dead_lookups = lambda program: 0
+    try:
+        whole = build_quantized_module(model, x, import_qat=True)
+    finally:
+        compile_module.remove_dead_lookups = original
+    assert sum(step.n_elements for step in whole.program.table_lookups) == 12
+    np.testing.assert_array_equal(module.forward(x.numpy()), whole.forward(x.numpy()))
+    np.testing.assert_array_equal(module.forward(x[:1].numpy(), fhe="execute"), module.forward(x[:1].numpy()))

@@ -33,7 +33,7 @@ from dependencies import value
 from torch import nn
 
 from fheestimators.datasets import make_checkerboard
-from fheestimators.quantization.steps import MatMul, TableLookup
+from fheestimators.quantization.steps import MatMul
 from fheestimators.torch.compile import (
     build_quantized_module,
     compile_brevitas_qat_model,
@@ -404,7 +404,7 @@ def quant_simple_net():
     model = QuantSimpleNet(10)
     x = torch.rand(200, IN_FEAT) * 2 - 1
     calibrate(model, x)
-    module = compile_brevitas_qat_model(model, x)
+    module = compile_brevitas_qat_model(model, x, rounding_threshold_bits=None)  # the exact import
     return model, x, module
 
 
@@ -415,6 +415,28 @@ def test_quant_simple_net_page_001_fidelity(quant_simple_net):
     assert_fidelity(module, model, x_test)
     # the activations are the model's own 3-bit quantizers: one lookup per hidden neuron
     assert sum(step.n_elements for step in module.program.table_lookups) == 2 * 10
+
+
+def test_default_rounding_keeps_the_decisions_with_narrower_lookups(quant_simple_net):
+    from fheestimators.quantization.rounding import AUTO_TOLERANCE
+
+    model, x, exact = quant_simple_net
+    module = compile_brevitas_qat_model(model, x)  # default: rounding "auto", exact
+    decided = brevitas_output(model, x).argmax(axis=1)
+    assert np.mean(module.forward(x.numpy()).argmax(axis=1) == decided) >= 1 - AUTO_TOLERANCE
+    rounded, whole = module.layer_reports(), exact.layer_reports()
+    assert all(r.lookup_bits <= w.lookup_bits for r, w in zip(rounded, whole))
+    assert sum(r.lookup_bits for r in rounded) < sum(w.lookup_bits for w in whole)
+    assert {step.exactness for step in module.program.table_lookups if step.lsbs_to_remove} == {"exact"}
+    np.testing.assert_array_equal(module.forward(x[:1].numpy(), fhe="execute"), module.forward(x[:1].numpy()))
+
+
+def test_default_rounding_needs_enough_calibration_samples(quant_simple_net):
+    model, x, exact = quant_simple_net
+    with pytest.warns(UserWarning, match="at least 100 calibration samples"):
+        module = build_quantized_module(model, x[:50], import_qat=True,
+                                        rounding_threshold_bits={"n_bits": "auto", "method": "exact"})
+    assert all(step.lsbs_to_remove == 0 for step in module.program.table_lookups)
 
 
 MAX_NON_ZERO = 4
@@ -513,7 +535,8 @@ def tiny_module(tmp_path_factory):
     model = TinyQATNet(TINY_HIDDEN)
     train(model, X_train, y_train, epochs=3, lr=0.02, batch_size=64, budget_s=5.0)
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
-    module = compile_brevitas_qat_model(model, X_train[:300], output_onnx_file=path)
+    # without rounding: one 6-bit lookup per neuron, the Brevitas outputs exactly
+    module = compile_brevitas_qat_model(model, X_train[:300], output_onnx_file=path, rounding_threshold_bits=None)
     return model, module, X_train, path
 
 
