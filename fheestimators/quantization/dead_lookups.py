@@ -34,13 +34,17 @@ def _consumers(program: IntegerProgram, name: str) -> list[Step]:
     return [step for step in program.steps if name in step.inputs]
 
 
+def _is_output(program: IntegerProgram, name: str) -> bool:
+    return any(out.source == name for out in program.outputs)
+
+
 def _producer(program: IntegerProgram, name: str) -> Optional[Step]:
     return next((step for step in program.steps if step.output == name), None)
 
 
 def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
     width = lookup.sample_shape[-1]
-    if len(lookup.sample_shape) != 2 or any(out.source == lookup.output for out in program.outputs):
+    if len(lookup.sample_shape) != 2 or _is_output(program, lookup.output):
         return 0
     readers = _consumers(program, lookup.output)
     if len(readers) != 1 or not isinstance(readers[0], MatMul) or readers[0].left:
@@ -48,9 +52,10 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
     after = readers[0]
     chain = _lookup_chain(program, lookup)
     before = _producer(program, chain[-1].inputs[0])
+    fed_by_matmul = isinstance(before, MatMul) and not before.left
     read = np.any(after.weight != 0, axis=1)
     constant = np.zeros(width, dtype=bool)
-    if isinstance(before, MatMul) and not before.left and len(chain) == 1:
+    if fed_by_matmul and len(chain) == 1:
         constant = ~np.any(before.weight != 0, axis=0)
     live = read & ~constant
     if live.all() or not live.any():
@@ -61,7 +66,7 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
     keep = np.flatnonzero(live)
 
     first = chain[-1]
-    if isinstance(before, MatMul) and not before.left and len(_consumers(program, before.output)) == 1:
+    if fed_by_matmul and len(_consumers(program, before.output)) == 1:
         before.weight = before.weight[:, keep]
     else:
         # gathered before the chain's first lookup: concrete-python 2.11 fails to lower
@@ -89,8 +94,7 @@ def _lookup_chain(program: IntegerProgram, lookup: TableLookup) -> list[TableLoo
     while True:
         source = _producer(program, chain[-1].inputs[0])
         if (not isinstance(source, TableLookup) or source.sample_shape != lookup.sample_shape
-                or len(_consumers(program, source.output)) != 1
-                or any(out.source == source.output for out in program.outputs)):
+                or len(_consumers(program, source.output)) != 1 or _is_output(program, source.output)):
             return chain
         chain.append(source)
 

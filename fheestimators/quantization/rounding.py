@@ -159,13 +159,16 @@ def _align(step: TableLookup, x: np.ndarray, width: int) -> None:
     best = np.zeros(per_low.shape, dtype=np.int64)
     # round-half-up sends values above ``highest - unit / 2`` to ``highest + 1``: one bit more
     top = highest - unit // 2
+
+    def fits(shift):
+        return (spread_low + shift >= lowest) & (spread_high + shift <= top)
+
     for shift in candidates:
         step.shift = shift  # the same shift for every element: each keeps its best
         errors = np.sum(step.numpy(x) != exact, axis=0, keepdims=True)
         # a whole bin lower puts the same values on the same table entries
-        fits_here = (spread_low + shift >= lowest) & (spread_high + shift <= top)
-        fits_lower = (spread_low + shift - unit >= lowest) & (spread_high + shift - unit <= top)
-        better = (fits_here | fits_lower) & (errors < best_errors)
+        fits_here = fits(shift)
+        better = (fits_here | fits(shift - unit)) & (errors < best_errors)
         best_errors = np.where(better, errors, best_errors)
         best = np.where(better, np.where(fits_here, shift, shift - unit), best)
     step.shift = best if np.any(best) else None

@@ -18,7 +18,12 @@ def _lookups(module) -> int:
     return sum(step.n_elements for step in module.program.table_lookups)
 
 
-def test_unread_and_unfed_neurons_are_dropped_without_changing_outputs():
+def _without_the_pass(monkeypatch):
+    """Builds after this call skip the dead-lookup pass (the reference it must equal)."""
+    monkeypatch.setattr("fheestimators.torch.compile.remove_dead_lookups", lambda program: 0)
+
+
+def test_unread_and_unfed_neurons_are_dropped_without_changing_outputs(monkeypatch):
     x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
     reference = build_quantized_module(_mlp(), x, n_bits=5)
     model = _mlp()
@@ -31,17 +36,8 @@ def test_unread_and_unfed_neurons_are_dropped_without_changing_outputs():
     assert _lookups(pruned) == 16 - 3
 
     # the same network without the pass gives the same integers
-    from fheestimators.quantization import dead_lookups
-
-    original = dead_lookups.remove_dead_lookups
-    dead_lookups_off = lambda program: 0  # noqa: E731
-    import fheestimators.torch.compile as compile_module
-
-    compile_module.remove_dead_lookups = dead_lookups_off
-    try:
-        unpruned = build_quantized_module(model, x, n_bits=5)
-    finally:
-        compile_module.remove_dead_lookups = original
+    _without_the_pass(monkeypatch)
+    unpruned = build_quantized_module(model, x, n_bits=5)
     assert _lookups(unpruned) == 16
     np.testing.assert_array_equal(pruned.forward(x), unpruned.forward(x))
 
@@ -58,7 +54,7 @@ def test_dead_neurons_are_skipped_in_fhe_too():
     np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
 
 
-def test_chained_lookups_shrink_together():
+def test_chained_lookups_shrink_together(monkeypatch):
     """A quantizer before the activation makes two lookups per neuron: both lose the dead ones."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
@@ -85,14 +81,8 @@ def test_chained_lookups_shrink_together():
     assert len(lookups) == 2 and all(step.n_elements == 4 for step in lookups)
     assert not any(isinstance(step, Index) for step in module.program.steps)
     assert module.fhe_circuit.programmable_bootstrap_count == 4
-    import fheestimators.torch.compile as compile_module
-
-    original = compile_module.remove_dead_lookups
-    compile_module.remove_dead_lookups = lambda program: 0
-    try:
-        whole = build_quantized_module(model, x, import_qat=True)
-    finally:
-        compile_module.remove_dead_lookups = original
+    _without_the_pass(monkeypatch)
+    whole = build_quantized_module(model, x, import_qat=True)
     assert sum(step.n_elements for step in whole.program.table_lookups) == 12
     np.testing.assert_array_equal(module.forward(x.numpy()), whole.forward(x.numpy()))
     np.testing.assert_array_equal(module.forward(x[:1].numpy(), fhe="execute"), module.forward(x[:1].numpy()))

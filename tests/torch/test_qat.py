@@ -432,7 +432,7 @@ def test_default_rounding_keeps_the_decisions_with_narrower_lookups(quant_simple
 
 
 def test_default_rounding_needs_enough_calibration_samples(quant_simple_net):
-    model, x, exact = quant_simple_net
+    model, x, _ = quant_simple_net
     with pytest.warns(UserWarning, match="at least 100 calibration samples"):
         module = build_quantized_module(model, x[:50], import_qat=True,
                                         rounding_threshold_bits={"n_bits": "auto", "method": "exact"})
