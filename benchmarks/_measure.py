@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from fheestimators.datasets import board_rule_accuracy, fresh_board_points
 
 MB = 2**20
 
@@ -35,6 +38,11 @@ def stopwatch():
         times.cpu = usage.ru_utime + usage.ru_stime - cpu0
 
 
+def log(message: str) -> None:
+    """Progress on stderr, time-stamped: stdout carries the JSON only."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def cpu_usage(times) -> float:
     """CPU seconds per wall second: about 1 when one core works, about 2 when both do."""
     return round(times.cpu / times.wall, 2) if times.wall > 0 else 0.0
@@ -44,12 +52,6 @@ def machine() -> dict:
     """Cores and load: other processes on the machine slow every timing down."""
     return {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2),
             "torch_threads": torch.get_num_threads()}
-
-
-def bayes_accuracy(X: np.ndarray, y: np.ndarray, n_clusters: int = 3) -> float:
-    """Accuracy of the exact board rule on the noisy points: the best any model can do."""
-    cells = np.rint(np.asarray(X, dtype=np.float64) * n_clusters).astype(np.int64) % 2
-    return float(((cells[:, 0] ^ cells[:, 1]) == y).mean())
 
 
 def circuit_costs(circuit) -> dict:
@@ -177,13 +179,20 @@ def benchmark_estimator(
     model = make_pipeline(StandardScaler(), NeuralNetClassifier(**(estimator_params or {})))
     with stopwatch() as t:
         model.fit(X_train, y_train)
-    results = {"seed": seed, "fit_s": round(t.wall, 2), "bayes_accuracy": bayes_accuracy(X_test, y_test)}
+    results = {"seed": seed, "fit_s": round(t.wall, 2), "bayes_accuracy": board_rule_accuracy(X_test, y_test)}
     clf = model[-1]
     X_scaled = model[0].transform(X_test).astype(np.float32)
     with torch.no_grad():
         out = clf.module_(torch.from_numpy(X_scaled))
     results["brevitas_accuracy"] = float((clf.classes_[out.argmax(1).numpy()] == y_test).mean())
     results["disable_accuracy"] = float((model.predict(X_test) == y_test).mean())
+    X_fresh, y_fresh = fresh_board_points()
+    with torch.no_grad():
+        out = clf.module_(torch.from_numpy(model[0].transform(X_fresh).astype(np.float32)))
+    results["fresh_points"] = len(y_fresh)
+    results["fresh_bayes_accuracy"] = board_rule_accuracy(X_fresh, y_fresh)
+    results["fresh_brevitas_accuracy"] = float((clf.classes_[out.argmax(1).numpy()] == y_fresh).mean())
+    results["fresh_disable_accuracy"] = float((model.predict(X_fresh) == y_fresh).mean())
     simulated, simulate_s = time_simulate(lambda X, fhe: model.predict(X, fhe=fhe), X_test)
     results["simulate_s_500"] = round(simulate_s, 4)
     results["simulate_accuracy"] = float((simulated == y_test).mean())

@@ -34,9 +34,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    bayes_accuracy,
     benchmark_estimator,
     circuit_costs,
+    log,
     machine,
     measure_fhe,
     stopwatch,
@@ -54,6 +54,7 @@ from _networks import (  # noqa: E402
 )
 
 from fheestimators import build_quantized_module, compile_brevitas_qat_model, compile_torch_model, make_checkerboard  # noqa: E402
+from fheestimators.datasets import board_rule_accuracy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -109,10 +110,6 @@ FULL = dict(seeds=10, epochs=20, qat_epochs=20, fhe_samples=3, fhe_rows="all", t
 QUICK = dict(seeds=1, epochs=4, qat_epochs=4, fhe_samples=1, fhe_rows="simplenet-10,estimator",
              throughput_samples=2, throughput_rows="estimator", throughput_budget=15.0, estimator_seeds=1,
              estimator_epochs=5)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def short_error(error: Exception) -> str:
@@ -294,7 +291,7 @@ def main(argv=None) -> dict:
     bayes = []
     for seed in seeds:
         data = make_checkerboard(random_state=seed)
-        bayes.append(bayes_accuracy(data[1], data[3]))
+        bayes.append(board_rule_accuracy(data[1], data[3]))
         for row in rows:
             encrypted = seed == fhe_seed and row.key in args.fhe_rows
             record, model, module = run_row(row, seed, data, args, encrypted,
@@ -473,6 +470,9 @@ def to_markdown(results: dict) -> str:
                       ["Brevitas accuracy", pct(mean.get("brevitas_accuracy"))],
                       ["clear quantized accuracy", pct(mean.get("disable_accuracy"))],
                       ["simulate accuracy", pct(mean.get("simulate_accuracy"))],
+                      ["Bayes ceiling on 50,000 fresh points of the board", pct(mean.get("fresh_bayes_accuracy"))],
+                      ["Brevitas accuracy on the fresh points", pct(mean.get("fresh_brevitas_accuracy"))],
+                      ["clear quantized accuracy on the fresh points", pct(mean.get("fresh_disable_accuracy"))],
                       ["fit s (includes compile)", num(mean.get("fit_s"))],
                       ["accumulator size (clear program)", num(mean.get("accumulator_bits"), 1)],
                   ])]

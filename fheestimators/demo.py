@@ -2,6 +2,11 @@
 
 ``NeuralNetClassifier()`` with its defaults, behind a ``StandardScaler``: the path most
 users take. Run with ``python -m fheestimators.demo`` (``--help`` for options).
+
+Accuracies are given on the 500 test points of the specification's split and, in
+simulation, on 50,000 fresh points of the board (new noise draws): 500 points
+measure an accuracy to about one point, 50,000 to a tenth. Each comes with the
+accuracy of the board's exact rule on the same points, the best any model can do.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import numpy as np
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .datasets import make_checkerboard
+from .datasets import board_rule_accuracy, fresh_board_points, make_checkerboard
 from .sklearn import NeuralNetClassifier
 
 
@@ -35,11 +40,16 @@ def main(argv=None) -> dict:
     results = {"fit_and_compile_s": round(time.perf_counter() - start, 2)}
     print(model[-1].quantized_module_.report())
 
+    results["bayes_accuracy"] = board_rule_accuracy(X_test, y_test)
     for mode in ("disable", "simulate"):
         start = time.perf_counter()
         pred = model.predict(X_test, fhe=mode)
         results[f"{mode}_accuracy"] = float((pred == y_test).mean())
         results[f"{mode}_s_{len(X_test)}_points"] = round(time.perf_counter() - start, 4)
+    X_fresh, y_fresh = fresh_board_points()
+    results["fresh_points"] = len(y_fresh)
+    results["fresh_bayes_accuracy"] = board_rule_accuracy(X_fresh, y_fresh)
+    results["fresh_simulate_accuracy"] = float((model.predict(X_fresh, fhe="simulate") == y_fresh).mean())
 
     circuit = model[-1].fhe_circuit
     print("generating keys ...", flush=True)

@@ -12,6 +12,8 @@ def test_main_job_prints_accuracy_and_latency(capsys):
     printed = capsys.readouterr().out
     assert json.loads(printed[printed.index("{"):]) == results
     assert 0.0 <= results["simulate_accuracy"] <= 1.0
+    assert results["fresh_points"] == 50_000 and 0.9 < results["fresh_bayes_accuracy"] < 1.0
+    assert 0.0 <= results["fresh_simulate_accuracy"] <= results["fresh_bayes_accuracy"] + 0.01
     # the same integers, run two ways; simulate also draws the rare lookup errors p_error allows
     assert abs(results["disable_accuracy"] - results["simulate_accuracy"]) <= 0.01
     assert results["execute_latency_s"] > 0 and results["keygen_s"] > 0
