@@ -4,8 +4,9 @@
 then compiled again with each ``rounding_threshold_bits``; every setting is measured on
 the 500 test points and on 50,000 fresh points of the board (the accuracy on the data's
 distribution, to a tenth of a point), and one seed also runs encrypted (keygen and
-seconds per sample, after one untimed run that pays the one-off set-up). ``none`` is the unrounded network: Brevitas' own outputs, whose
-14-bit lookups no FHE machine runs, so it has accuracies only.
+seconds per sample, after one untimed run that pays the one-off set-up). ``none`` is
+the unrounded network: Brevitas' own outputs, whose 14-bit lookups no FHE machine
+runs, so it has accuracies only.
 
 Run: ``python benchmarks/rounding_tradeoff.py [--seeds 3] [--bits none,8,7,6] [--fhe-samples 2]``
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    circuit_costs, log, machine, measure_execute, measure_keygen, release_keys, time_simulate,
+    brevitas_predict, circuit_costs, log, machine, measure_execute, measure_keygen, release_keys, time_simulate,
 )
 
 
@@ -55,27 +57,27 @@ def main(argv=None) -> dict:
         log(f"seed {seed}: training NeuralNetClassifier()")
         model = make_pipeline(StandardScaler(), NeuralNetClassifier(random_state=seed, **extra)).fit(X_train, y_train)
         clf, scaled_train = model[-1], model[0].transform(X_train)
+
+        def run(X, fhe="disable"):
+            return model.predict(X, fhe=fhe)
+
         for bits in settings(args.bits):
             row = results["settings"].setdefault(str(bits).lower(), {"test_accuracy": [], "fresh_accuracy": []})
             if bits is None:
-                with torch.no_grad():
-                    def predict(X):
-                        out = clf.module_(torch.from_numpy(model[0].transform(X).astype(np.float32)))
-                        return clf.classes_[out.argmax(1).numpy()]
+                predict = partial(brevitas_predict, model)
             else:
                 clf.compile(scaled_train, rounding_threshold_bits=bits)
-                predict = model.predict
+                predict = run
             row["test_accuracy"].append(float((predict(X_test) == y_test).mean()))
             row["fresh_accuracy"].append(float((predict(X_fresh) == y_fresh).mean()))
             if bits is not None and seed == 0:
                 circuit = clf.fhe_circuit
                 row.update(circuit_costs(circuit))
-                simulated, _ = time_simulate(lambda X, fhe: model.predict(X, fhe=fhe), X_test)
+                simulated, _ = time_simulate(run, X_test)
                 log(f"rounding {bits} bits: keygen and {args.fhe_samples} encrypted sample(s)")
                 row.update(measure_keygen(circuit))
-                model.predict(X_test[-1:], fhe="execute")  # the first run pays one-off set-up: not timed
-                row.update(measure_execute(lambda X, fhe: model.predict(X, fhe=fhe), X_test, simulated,
-                                           args.fhe_samples))
+                run(X_test[-1:], "execute")  # the first run pays one-off set-up: not timed
+                row.update(measure_execute(run, X_test, simulated, args.fhe_samples))
                 release_keys(circuit)
     for row in results["settings"].values():
         for key in ("test_accuracy", "fresh_accuracy"):

@@ -244,9 +244,10 @@ def compile_brevitas_qat_model(
     Bit-widths, scales and zero-points are read from the Brevitas quantizers: nothing
     Brevitas quantized is quantized again, so the module predicts what the Brevitas
     model predicts (exactly with ``rounding_threshold_bits=None``; with the default
-    rounding, the same decisions on all but 0.2% of the inputset). The network must start with a ``QuantIdentity`` and quantize the
-    input of every linear layer (``QuantIdentity`` / ``QuantReLU``). The parameters not
-    listed below are those of ``compile_torch_model``.
+    rounding, the same decisions on all but 0.2% of the inputset). The network must
+    start with a ``QuantIdentity`` and quantize the input of every linear layer
+    (``QuantIdentity`` / ``QuantReLU``). The parameters not listed below are those of
+    ``compile_torch_model``.
 
     Parameters
     ----------
