@@ -1,7 +1,7 @@
 """The network behind the estimators: a fully connected Brevitas QAT MLP."""
 from __future__ import annotations
 
-from typing import Type
+from typing import Sequence, Type, Union
 
 import brevitas.nn as qnn
 from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
@@ -27,8 +27,9 @@ class QATMLP(nn.Module):
         Set by the estimator from the data.
     n_layers : int
         Number of linear layers (hidden layers + 1).
-    n_hidden : int
-        Width of each hidden layer.
+    n_hidden : int or sequence of int
+        Width of each hidden layer, or one width per hidden layer (then
+        ``len(n_hidden)`` must be ``n_layers - 1``).
     activation : type of torch.nn.Module
         Any supported torch activation (Tanh, ReLU, Sigmoid, SiLU, ...). Tanh rather
         than ReLU: a ReLU's table is flat below its kink, so rounding its accumulator
@@ -45,6 +46,13 @@ class QATMLP(nn.Module):
         and its accumulator is rounded before the lookup) and it sets how finely the
         network can place a decision boundary: 8 bits rather than 6 gains about 1% on
         the checkerboard data.
+    n_output_w_bits : int or None
+        Bits of the output layer's weights (None: ``n_w_bits``). The output is decrypted
+        exactly, so the noise its weights gather from the last lookups must stay below
+        one unit: large output weights force concrete-python to larger keys for every
+        lookup. 3 bits rather than 6 cut the checkerboard circuit's cost by 30%
+        (0.56 s per encrypted sample instead of 0.83 s) at an accuracy within the
+        spread of training seeds.
     max_non_zero : int or None
         Most non-zero weights per neuron, enforced by pruning during training.
     n_accum_bits : int or None
@@ -56,11 +64,12 @@ class QATMLP(nn.Module):
         n_inputs: int,
         n_outputs: int,
         n_layers: int = 3,
-        n_hidden: int = 16,
+        n_hidden: Union[int, Sequence[int]] = 16,
         activation: Type[nn.Module] = nn.Tanh,
         n_w_bits: int = 6,
         n_a_bits: int = 6,
         n_input_bits: int = 8,
+        n_output_w_bits: int | None = 3,
         max_non_zero: int | None = None,
         n_accum_bits: int | None = None,
     ):
@@ -72,11 +81,22 @@ class QATMLP(nn.Module):
         self.max_non_zero = max_non_zero
         if n_layers < 1:
             raise ValueError(f"n_layers must be at least 1, got {n_layers}")
-        widths = [n_inputs] + [n_hidden] * (n_layers - 1) + [n_outputs]
+        if isinstance(n_hidden, int):
+            hidden = [n_hidden] * (n_layers - 1)
+        else:
+            hidden = [int(width) for width in n_hidden]
+            if len(hidden) != n_layers - 1:
+                raise ValueError(
+                    f"n_hidden gives {len(hidden)} hidden widths for n_layers={n_layers} "
+                    f"(which has {n_layers - 1} hidden layers)"
+                )
+        widths = [n_inputs, *hidden, n_outputs]
         layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=n_input_bits, return_quant_tensor=True)]
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(qnn.QuantLinear(fan_in, fan_out, bias=True, weight_bit_width=n_w_bits, bias_quant=None))
-            if i < len(widths) - 2:
+            last = i == len(widths) - 2
+            bits = n_output_w_bits if last and n_output_w_bits is not None else n_w_bits
+            layers.append(qnn.QuantLinear(fan_in, fan_out, bias=True, weight_bit_width=bits, bias_quant=None))
+            if not last:
                 layers.append(activation())
                 quant = Uint8ActPerTensorFloat if issubclass(activation, NON_NEGATIVE) else Int8ActPerTensorFloat
                 layers.append(qnn.QuantIdentity(act_quant=quant, bit_width=n_a_bits, return_quant_tensor=True))

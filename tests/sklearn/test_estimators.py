@@ -149,3 +149,21 @@ def test_regressor_multi_output():
     pred = reg.predict(X)
     assert pred.shape == (120, 2)
     np.testing.assert_array_equal(reg.predict(X, fhe="simulate"), pred)
+
+
+def test_output_layer_weight_bits_and_per_layer_widths(data):
+    X, y = data
+    clf = NeuralNetClassifier(**{**SMALL, "module__n_layers": 3, "module__n_hidden": (5, 3),
+                                 "module__n_w_bits": 6, "module__n_output_w_bits": 3}).fit(X, y)
+    layers = clf.module_.linear_layers
+    assert [layer.out_features for layer in layers] == [5, 3, 2]
+    int_weights = [layer.quant_weight().int() for layer in layers]
+    assert int(int_weights[-1].abs().max()) <= 4  # 3-bit signed: -4 to 3
+    assert int(int_weights[0].abs().max()) > 4  # the hidden layers keep 6 bits
+    assert np.array_equal(clf.predict(X, fhe="simulate"), clf.predict(X))
+
+
+def test_per_layer_widths_must_match_the_layers(data):
+    X, y = data
+    with pytest.raises(ValueError, match="n_hidden gives 2 hidden widths for n_layers=2"):
+        NeuralNetClassifier(**{**SMALL, "module__n_hidden": (5, 3)}).fit(X, y)
