@@ -1,7 +1,7 @@
 """The float twin of the estimators' network: what ``fit_benchmark`` compares against."""
 from __future__ import annotations
 
-from typing import Type
+from typing import Sequence, Type, Union
 
 import numpy as np
 import skorch
@@ -9,6 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .qat_module import layer_widths
 from .schedule import OneCycle
 from .targets import _ClassLabels, _Targets
 
@@ -27,17 +28,16 @@ class FloatMLP(nn.Module):
         Set from the data.
     n_layers : int
         Number of linear layers (hidden layers + 1).
-    n_hidden : int
-        Width of each hidden layer.
+    n_hidden : int or sequence of int
+        Width of each hidden layer, or one width per hidden layer.
     activation : type of torch.nn.Module
         The activation after each hidden layer.
     """
 
-    def __init__(self, n_inputs: int, n_outputs: int, n_layers: int, n_hidden: int, activation: Type[nn.Module]):
+    def __init__(self, n_inputs: int, n_outputs: int, n_layers: int,
+                 n_hidden: Union[int, Sequence[int]], activation: Type[nn.Module]):
         super().__init__()
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
-        widths = [n_inputs] + [n_hidden] * (n_layers - 1) + [n_outputs]
+        widths = layer_widths(n_inputs, n_outputs, n_layers, n_hidden)
         layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             if i > 0:

@@ -1,6 +1,7 @@
 """The network behind the estimators: a fully connected Brevitas QAT MLP."""
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Sequence, Type, Union
 
 import brevitas.nn as qnn
@@ -8,10 +9,26 @@ from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 import torch
 from torch import nn
 
-__all__ = ["QATMLP"]
+__all__ = ["QATMLP", "layer_widths"]
 
 # Activations whose outputs are never negative: an unsigned quantizer doubles their resolution.
 NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
+
+
+def layer_widths(n_inputs: int, n_outputs: int, n_layers: int, n_hidden: Union[int, Sequence[int]]) -> list[int]:
+    """Widths from input to output: ``n_hidden`` for every hidden layer, or one width each."""
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be at least 1, got {n_layers}")
+    if isinstance(n_hidden, Integral):
+        hidden = [int(n_hidden)] * (n_layers - 1)
+    else:
+        hidden = [int(width) for width in n_hidden]
+        if len(hidden) != n_layers - 1:
+            raise ValueError(
+                f"n_hidden gives {len(hidden)} hidden widths for n_layers={n_layers} "
+                f"(which has {n_layers - 1} hidden layers)"
+            )
+    return [n_inputs, *hidden, n_outputs]
 
 
 class QATMLP(nn.Module):
@@ -79,18 +96,7 @@ class QATMLP(nn.Module):
 
             max_non_zero = max_non_zero_for(n_accum_bits, n_w_bits, n_a_bits)
         self.max_non_zero = max_non_zero
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be at least 1, got {n_layers}")
-        if isinstance(n_hidden, int):
-            hidden = [n_hidden] * (n_layers - 1)
-        else:
-            hidden = [int(width) for width in n_hidden]
-            if len(hidden) != n_layers - 1:
-                raise ValueError(
-                    f"n_hidden gives {len(hidden)} hidden widths for n_layers={n_layers} "
-                    f"(which has {n_layers - 1} hidden layers)"
-                )
-        widths = [n_inputs, *hidden, n_outputs]
+        widths = layer_widths(n_inputs, n_outputs, n_layers, n_hidden)
         layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=n_input_bits, return_quant_tensor=True)]
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2

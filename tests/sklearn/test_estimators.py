@@ -153,10 +153,12 @@ def test_regressor_multi_output():
 
 def test_output_layer_weight_bits_and_per_layer_widths(data):
     X, y = data
-    clf = NeuralNetClassifier(**{**SMALL, "module__n_layers": 3, "module__n_hidden": (5, 3),
-                                 "module__n_w_bits": 6, "module__n_output_w_bits": 3}).fit(X, y)
+    clf, twin = NeuralNetClassifier(**{**SMALL, "module__n_layers": 3, "module__n_hidden": (5, 3),
+                                       "module__n_w_bits": 6, "module__n_output_w_bits": 3}).fit_benchmark(X, y)
     layers = clf.module_.linear_layers
     assert [layer.out_features for layer in layers] == [5, 3, 2]
+    float_layers = [m for m in twin.module_.layers if isinstance(m, torch.nn.Linear)]
+    assert [layer.out_features for layer in float_layers] == [5, 3, 2]  # fit_benchmark's float twin too
     int_weights = [layer.quant_weight().int() for layer in layers]
     assert int(int_weights[-1].abs().max()) <= 4  # 3-bit signed: -4 to 3
     assert int(int_weights[0].abs().max()) > 4  # the hidden layers keep 6 bits
