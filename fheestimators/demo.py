@@ -24,7 +24,7 @@ from .sklearn import NeuralNetClassifier
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--fhe-samples", type=int, default=4, help="test points to run encrypted")
+    parser.add_argument("--fhe-samples", type=int, default=10, help="test points to run encrypted")
     parser.add_argument("--seed", type=int, default=0, help="seeds the training (the data keeps its own)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the estimator's default")
     args = parser.parse_args(argv)
@@ -49,7 +49,8 @@ def main(argv=None) -> dict:
     X_fresh, y_fresh = fresh_board_points()
     results["fresh_points"] = len(y_fresh)
     results["fresh_bayes_accuracy"] = board_rule_accuracy(X_fresh, y_fresh)
-    results["fresh_simulate_accuracy"] = float((model.predict(X_fresh, fhe="simulate") == y_fresh).mean())
+    for mode in ("disable", "simulate"):
+        results[f"fresh_{mode}_accuracy"] = float((model.predict(X_fresh, fhe=mode) == y_fresh).mean())
 
     circuit = model[-1].fhe_circuit
     print("generating keys ...", flush=True)
@@ -69,7 +70,10 @@ def main(argv=None) -> dict:
     encrypted = model.predict(X_test[:n], fhe="execute")
     results[f"execute_s_per_sample_batch_of_{n}"] = round((time.perf_counter() - start) / n, 3)
     results["execute_accuracy_on_samples"] = float((encrypted == y_test[:n]).mean())
-    results["execute_matches_simulate"] = bool(np.array_equal(encrypted, model.predict(X_test[:n], fhe="simulate")))
+    # the bootstrap's noise is random: encrypted decisions agree with the simulated and clear
+    # ones except where approximate rounding's mistakes move a point near the boundary
+    for mode in ("simulate", "disable"):
+        results[f"execute_agrees_with_{mode}"] = float((encrypted == model.predict(X_test[:n], fhe=mode)).mean())
     results["programmable_bootstraps"] = circuit.programmable_bootstrap_count
     results["max_bit_width"] = circuit.graph.maximum_integer_bit_width()
     print(json.dumps(results, indent=2))

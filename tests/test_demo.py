@@ -14,8 +14,10 @@ def test_main_job_prints_accuracy_and_latency(capsys):
     assert 0.0 <= results["simulate_accuracy"] <= 1.0
     assert results["fresh_points"] == 50_000 and 0.9 < results["fresh_bayes_accuracy"] < 1.0
     assert 0.0 <= results["fresh_simulate_accuracy"] <= results["fresh_bayes_accuracy"] + 0.01
-    # the same integers, run two ways; simulate also draws the rare lookup errors p_error allows
-    assert abs(results["disable_accuracy"] - results["simulate_accuracy"]) <= 0.01
+    # the same integers, run two ways; simulate also draws the bootstrap's mistakes
+    assert abs(results["disable_accuracy"] - results["simulate_accuracy"]) <= 0.03
+    assert abs(results["fresh_disable_accuracy"] - results["fresh_simulate_accuracy"]) <= 0.03
     assert results["execute_latency_s"] > 0 and results["keygen_s"] > 0
     assert results["programmable_bootstraps"] > 0
-    assert isinstance(results["execute_matches_simulate"], bool)
+    assert 0.5 <= results["execute_agrees_with_simulate"] <= 1.0
+    assert 0.5 <= results["execute_agrees_with_disable"] <= 1.0

@@ -98,9 +98,9 @@ class QuantizedModule:
         self.check_model_is_compiled()
         if mode is FheMode.SIMULATE:
             if self._noise is None:
-                self._noise = LookupNoise(self.fhe_circuit)
+                self._noise = LookupNoise.from_circuit(self.fhe_circuit)
             self._noise.reseed(0)  # the same inputs give the same simulated outputs
-            return self.program.run(*arrays, before_lookup=self._noise)
+            return self.program.run(*arrays, round_lookup=self._noise)
         return run_encrypted(self.fhe_circuit, arrays, progress=progress)
 
     def forward(self, *x, fhe: str = "disable", progress: bool = False):

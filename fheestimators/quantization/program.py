@@ -42,15 +42,16 @@ class IntegerProgram:
     def table_lookups(self) -> list[TableLookup]:
         return [step for step in self.steps if isinstance(step, TableLookup)]
 
-    def run(self, *q_inputs, backend: str = "numpy", before_lookup=None):
-        """Run every step; ``before_lookup(step, x)`` may alter a lookup's input (simulation)."""
+    def run(self, *q_inputs, backend: str = "numpy", round_lookup=None):
+        """Run every step; ``round_lookup(step, x)``, given a lookup's spread input, returns
+        the rounded input its table reads (the simulation's noisy rounding)."""
         values = dict(zip(self.input_names, q_inputs))
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if backend == "fhe":
                 values[step.output] = _traced(step, args)
-            elif before_lookup is not None and isinstance(step, TableLookup):
-                values[step.output] = step.lookup(before_lookup(step, step.rounded(args[0])))
+            elif round_lookup is not None and isinstance(step, TableLookup):
+                values[step.output] = step.lookup(round_lookup(step, step.spread(np.asarray(args[0], dtype=np.int64))))
             else:
                 values[step.output] = step.numpy(*args)
         results = tuple(values[out.source] for out in self.outputs)

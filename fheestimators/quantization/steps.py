@@ -158,16 +158,19 @@ class TableLookup(Step):
         """Bootstraps per sample: one per element."""
         return int(np.prod(self.sample_shape))
 
-    def _spread(self, x):
+    def spread(self, x):
         """Scaled by ``gain`` and shifted by ``shift`` (see ``rounding._align``): free in FHE."""
         if self.gain is not None:
             x = x * self.gain
         return x if self.shift is None else x + self.shift
 
+    def round(self, spread):
+        """A spread input rounded half up, as an error-free bootstrap reads it."""
+        return fhe.round_bit_pattern(spread, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else spread
+
     def rounded(self, x):
         """The lookup's input: spread, then rounded."""
-        x = self._spread(x)
-        return fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove) if self.lsbs_to_remove else x
+        return self.round(self.spread(x))
 
     def lookup(self, rounded):
         """The table, read at a rounded input: ``function`` of the accumulator it stands for."""
@@ -179,7 +182,7 @@ class TableLookup(Step):
         return self.lookup(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
-        x = self._spread(x)
+        x = self.spread(x)
         if self.lsbs_to_remove:
             exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
             x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)

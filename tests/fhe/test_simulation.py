@@ -1,9 +1,24 @@
-"""Our batched simulation equals concrete-python's own per-sample simulation."""
+"""The batched simulation: equal to concrete-python's when nothing is random, and drawing
+the bootstrap's noise as FHE does (approximate rounding's mistakes included) otherwise."""
 import numpy as np
 import pytest
 import torch
+from concrete import fhe
 
+from fheestimators.fhe.execution import LookupNoise
+from fheestimators.quantization.steps import TableLookup
 from fheestimators.torch.compile import compile_torch_model
+
+UNIT = 16  # 4 bits removed before the lookup
+
+
+def _step(exactness: str, lsbs: int = 4) -> TableLookup:
+    return TableLookup("lut", ["x"], "y", function=lambda v: v, lsbs_to_remove=lsbs, exactness=exactness,
+                       input_bounds=(0, 1023), sample_shape=(64,))
+
+
+def _off_rate(step, noise, x) -> float:
+    return float(np.mean(noise(step, x) != step.rounded(x)))
 
 
 # Approximate rounding is left out: concrete-python simulates its error as random (values
@@ -19,3 +34,55 @@ def test_batched_simulation_equals_concrete_simulation(rounding):
     ours = module.quantized_forward(q, fhe="simulate")
     theirs = np.concatenate([module.fhe_circuit.simulate(q[i : i + 1]) for i in range(len(q))])
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_exact_lookups_err_with_probability_p_error():
+    x = np.random.default_rng(0).integers(0, 1000, (2000, 64))
+    noise = LookupNoise(p_error=0.1, seed=0)
+    assert abs(_off_rate(_step("exact"), noise, x) - 0.1) < 0.01
+    assert abs(_off_rate(_step("exact", lsbs=0), noise, x) - 0.1) < 0.01
+    np.testing.assert_array_equal(LookupNoise(p_error=0.0)(_step("exact"), x), _step("exact").rounded(x))
+
+
+def test_approximate_rounding_errs_near_the_middle_between_entries():
+    step, noise = _step("approximate"), LookupNoise(p_error=0.02, seed=0)
+    x = np.random.default_rng(0).integers(0, 1000, (2000, 64))
+    # far more often than p_error: the removed bits place the input between two entries
+    assert 0.15 < _off_rate(step, noise, x) < 0.19
+    position = x % UNIT  # rounding half up turns at 8; concrete-python's middle is at 7.5
+    middle = np.mean(noise(step, x)[(position == 7) | (position == 8)] != step.rounded(x)[(position == 7) | (position == 8)])
+    assert 0.4 < middle < 0.6
+    near_entry = (position == 0) | (position == 15)
+    assert np.mean(noise(step, x)[near_entry] != step.rounded(x)[near_entry]) < 0.05
+    # without noise, approximate rounding reads what rounding half up reads
+    np.testing.assert_array_equal(LookupNoise(p_error=0.0)(step, x), step.rounded(x))
+
+
+def test_approximate_rounding_errs_in_fhe_as_simulated():
+    """Real encryption: 384 approximately rounded lookups err about as often as drawn."""
+    step = _step("approximate")
+    inputset = [np.full(64, 0), np.full(64, 1000), *np.random.default_rng(1).integers(0, 1001, (5, 64))]
+    circuit = fhe.Compiler(lambda x: step.fhe(x), {"x": "encrypted"}).compile(inputset, p_error=0.02)
+    x = np.random.default_rng(2).integers(100, 900, (6, 64))
+    encrypted = np.stack([circuit.encrypt_run_decrypt(row) for row in x])
+    clear = step.numpy(x)
+    simulated = step.lookup(LookupNoise.from_circuit(circuit, seed=0)(step, x))
+    encrypted_rate, simulated_rate = np.mean(encrypted != clear), np.mean(simulated != clear)
+    assert encrypted_rate > 5 * circuit.p_error  # the removed bits, not p_error, set the rate
+    assert abs(encrypted_rate - simulated_rate) < 0.07  # 3.5 standard deviations of the estimate
+
+
+def test_approximate_rounding_errs_as_in_concrete_simulation():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    x = torch.randn(300, 3).numpy()
+    # concrete-python's default p_error is tiny: the mistakes come from the removed bits
+    module = compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 4, "method": "approximate"})
+    q = module.quantize_input(x[:200])
+    clear = module.quantized_forward(q)
+    ours = module.quantized_forward(q, fhe="simulate")
+    theirs = np.concatenate([module.fhe_circuit.simulate(q[i : i + 1]) for i in range(len(q))])
+    ours_rate, theirs_rate = np.mean(ours != clear), np.mean(theirs != clear)
+    assert theirs_rate > 0.1  # concrete-python draws approximate rounding's mistakes too
+    assert abs(ours_rate - theirs_rate) < 0.1
+    np.testing.assert_array_equal(module.quantized_forward(q, fhe="simulate"), ours)  # reproducible

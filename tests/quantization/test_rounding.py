@@ -102,8 +102,10 @@ def test_auto_rounding_compiles(unrounded):
     model, _ = unrounded
     module = compile_torch_model(model, X, n_bits=N_BITS,
                                  rounding_threshold_bits={"n_bits": "auto", "method": "approximate"})
-    sample = X[:20].numpy()
-    np.testing.assert_array_equal(module.forward(sample, fhe="simulate"), module.forward(sample))
+    sample = X[:100].numpy()
+    # simulate draws approximate rounding's mistakes: a lookup now and then reads the
+    # neighbouring entry, so outputs stay close to the clear ones
+    assert relative_error(module.forward(sample, fhe="simulate"), module.forward(sample)) < 0.1
 
 
 @pytest.mark.parametrize(
@@ -210,7 +212,7 @@ def test_gain_spreads_an_element_with_a_narrow_range():
     apply_rounding(program, (q,), 4)
     assert lookup.gain is not None and lookup.gain[0, 0] == 1 and lookup.gain[0, 1] > 1
     np.testing.assert_array_equal(program.run(q), exact)
-    spread = lookup._spread(q)
+    spread = lookup.spread(q)
     assert spread.min() >= 0 and spread.max() <= 255  # still 8 bits
 
     lookup.gain = lookup.shift = None  # rounding alone sees element 1 as 0 or 16

@@ -51,9 +51,20 @@ def test_classifier_learns(fitted, data):
     assert fitted.score(X, np.array(["no", "yes"])[y]) > 0.7
 
 
-def test_simulate_equals_disable(fitted, data):
+def test_simulate_draws_approximate_rounding_mistakes_reproducibly(fitted, data):
     X, _ = data
-    np.testing.assert_array_equal(fitted.predict_proba(X, fhe="simulate"), fitted.predict_proba(X, fhe="disable"))
+    simulated = fitted.predict_proba(X, fhe="simulate")
+    np.testing.assert_array_equal(fitted.predict_proba(X, fhe="simulate"), simulated)
+    np.testing.assert_allclose(simulated.sum(axis=1), 1.0, rtol=1e-6)
+    # a few lookups read the neighbouring entry: decisions move only near the boundary
+    assert np.mean(simulated.argmax(1) == fitted.predict_proba(X).argmax(1)) >= 0.9
+
+
+def test_simulate_equals_disable_with_exact_rounding(fitted, data):
+    X, _ = data
+    exact = pickle.loads(pickle.dumps(fitted))
+    exact.compile(X, rounding_threshold_bits={"n_bits": 6, "method": "exact"}, global_p_error=1e-9)
+    np.testing.assert_array_equal(exact.predict_proba(X, fhe="simulate"), exact.predict_proba(X))
 
 
 def test_execute_on_one_sample(data):
@@ -115,7 +126,7 @@ def test_pickle_round_trip(fitted, data):
     X, _ = data
     loaded = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(loaded.predict_proba(X), fitted.predict_proba(X))
-    np.testing.assert_array_equal(loaded.predict_proba(X, fhe="simulate"), fitted.predict_proba(X))
+    np.testing.assert_array_equal(loaded.predict_proba(X, fhe="simulate"), fitted.predict_proba(X, fhe="simulate"))
 
 
 def test_clone_and_params():
@@ -148,7 +159,8 @@ def test_regressor_multi_output():
     reg = NeuralNetRegressor(**SMALL).fit(X.astype(np.float32), y)
     pred = reg.predict(X)
     assert pred.shape == (120, 2)
-    np.testing.assert_array_equal(reg.predict(X, fhe="simulate"), pred)
+    # approximate rounding's mistakes move a prediction by a few steps of the output
+    assert np.mean(np.abs(reg.predict(X, fhe="simulate") - pred)) <= 0.05 * np.ptp(pred)
 
 
 def test_output_layer_weight_bits_and_per_layer_widths(data):
@@ -162,7 +174,7 @@ def test_output_layer_weight_bits_and_per_layer_widths(data):
     int_weights = [layer.quant_weight().int() for layer in layers]
     assert int(int_weights[-1].abs().max()) <= 4  # 3-bit signed: -4 to 3
     assert int(int_weights[0].abs().max()) > 4  # the hidden layers keep 6 bits
-    assert np.array_equal(clf.predict(X, fhe="simulate"), clf.predict(X))
+    assert np.mean(clf.predict(X, fhe="simulate") == clf.predict(X)) >= 0.9
 
 
 def test_per_layer_widths_must_match_the_layers(data):
