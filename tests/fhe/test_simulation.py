@@ -74,15 +74,17 @@ def test_approximate_rounding_errs_in_fhe_as_simulated():
 
 def test_approximate_rounding_errs_as_in_concrete_simulation():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
     x = torch.randn(300, 3).numpy()
     # concrete-python's default p_error is tiny: the mistakes come from the removed bits
     module = compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 4, "method": "approximate"})
-    q = module.quantize_input(x[:200])
+    q = module.quantize_input(x)
     clear = module.quantized_forward(q)
     ours = module.quantized_forward(q, fhe="simulate")
     theirs = np.concatenate([module.fhe_circuit.simulate(q[i : i + 1]) for i in range(len(q))])
     ours_rate, theirs_rate = np.mean(ours != clear), np.mean(theirs != clear)
-    assert theirs_rate > 0.1  # concrete-python draws approximate rounding's mistakes too
-    assert abs(ours_rate - theirs_rate) < 0.1
+    # concrete-python draws approximate rounding's mistakes too (its draws are unseeded:
+    # 24-31% of the outputs moved in four runs, against our 30%)
+    assert theirs_rate > 0.15
+    assert abs(ours_rate - theirs_rate) < 0.12
     np.testing.assert_array_equal(module.quantized_forward(q, fhe="simulate"), ours)  # reproducible

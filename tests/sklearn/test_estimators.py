@@ -78,13 +78,16 @@ def test_execute_on_one_sample(data):
     np.testing.assert_array_equal(clf.predict(X[:1], fhe="execute"), clf.predict(X[:1], fhe="simulate"))
 
 
-def test_p_error_replaces_the_default_global_p_error(data):
+def test_error_probability_given_replaces_the_default(data):
     X, y = data
     clf = NeuralNetClassifier(**SMALL, random_state=0).fit(X, y)
+    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (0.02, None)
+    assert clf.fhe_circuit.p_error <= 0.02
+    clf.compile(X, global_p_error=1e-3)
     assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (None, 1e-3)
-    clf.compile(X, p_error=0.01)
-    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (0.01, None)
-    assert clf.fhe_circuit.p_error <= 0.01
+    assert clf.fhe_circuit.global_p_error <= 1e-3
+    clf.set_params(global_p_error=1e-4).compile(X)  # the estimator's own setting, when compile gets none
+    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (None, 1e-4)
     with pytest.raises(ValueError, match="not both"):
         clf.compile(X, p_error=0.01, global_p_error=0.05)
 
