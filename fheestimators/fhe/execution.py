@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-from statistics import NormalDist
 from concurrent.futures import ThreadPoolExecutor
+from statistics import NormalDist
 from typing import Optional, Sequence
 
 import numpy as np

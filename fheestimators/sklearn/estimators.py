@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # Accumulators rounded to 7 bits before each lookup, with a per-lookup error probability
 # of 2%: at 2% concrete-python runs a 7-bit lookup with the keys of a 6-bit one at
-# global_p_error=1e-3 (16 + 13 bootstraps, about 0.6 s per checkerboard sample), and the
+# global_p_error=1e-3 (28 bootstraps, about 0.6 s per checkerboard sample), and the
 # extra bit gains 0.56 point of simulated accuracy on fresh checkerboard points (94.98%
 # against 94.42% at 6 bits and global_p_error=1e-3, mean of 3 training seeds, 0.62 s
 # against 0.57 s; benchmarks/rounding_tradeoff.py). The simulation draws the lookups'

@@ -59,17 +59,18 @@ def test_approximate_rounding_errs_near_the_middle_between_entries():
 
 
 def test_approximate_rounding_errs_in_fhe_as_simulated():
-    """Real encryption: 384 approximately rounded lookups err about as often as drawn."""
+    """Real encryption: 768 approximately rounded lookups err about as often as drawn."""
     step = _step("approximate")
     inputset = [np.full(64, 0), np.full(64, 1000), *np.random.default_rng(1).integers(0, 1001, (5, 64))]
     circuit = fhe.Compiler(lambda x: step.fhe(x), {"x": "encrypted"}).compile(inputset, p_error=0.02)
-    x = np.random.default_rng(2).integers(100, 900, (6, 64))
+    x = np.random.default_rng(2).integers(100, 900, (12, 64))
     encrypted = np.stack([circuit.encrypt_run_decrypt(row) for row in x])
-    clear = step.numpy(x)
-    simulated = step.lookup(LookupNoise.from_circuit(circuit, seed=0)(step, x))
-    encrypted_rate, simulated_rate = np.mean(encrypted != clear), np.mean(simulated != clear)
+    encrypted_rate = np.mean(encrypted != step.numpy(x))
+    # the simulated rate of the same inputs, over 50 draws: its own sampling error is negligible
+    tiled = np.tile(x, (50, 1))
+    simulated_rate = np.mean(step.lookup(LookupNoise.from_circuit(circuit, seed=0)(step, tiled)) != step.numpy(tiled))
     assert encrypted_rate > 5 * circuit.p_error  # the removed bits, not p_error, set the rate
-    assert abs(encrypted_rate - simulated_rate) < 0.07  # 3.5 standard deviations of the estimate
+    assert abs(encrypted_rate - simulated_rate) < 0.07  # 5 standard deviations of the encrypted estimate
 
 
 def test_approximate_rounding_errs_as_in_concrete_simulation():
