@@ -196,6 +196,7 @@ def benchmark_estimator(
     results["fresh_bayes_accuracy"] = board_rule_accuracy(X_fresh, y_fresh)
     results["fresh_brevitas_accuracy"] = float((brevitas_predict(model, X_fresh) == y_fresh).mean())
     results["fresh_disable_accuracy"] = float((model.predict(X_fresh) == y_fresh).mean())
+    results["fresh_simulate_accuracy"] = float((model.predict(X_fresh, fhe="simulate") == y_fresh).mean())
     simulated, simulate_s = time_simulate(lambda X, fhe: model.predict(X, fhe=fhe), X_test)
     results["simulate_s_500"] = round(simulate_s, 4)
     results["simulate_accuracy"] = float((simulated == y_test).mean())

@@ -105,7 +105,7 @@ ROWS = [
 ROW_KEYS = [row.key for row in ROWS] + ["estimator"]
 
 FULL = dict(seeds=10, epochs=20, qat_epochs=20, fhe_samples=3, fhe_rows="all", throughput_samples=100,
-            throughput_rows="qat-pruned-30,qat-pruned-30-auto,estimator", throughput_budget=150.0, estimator_seeds=1,
+            throughput_rows="qat-pruned-30,qat-pruned-30-auto,estimator", throughput_budget=150.0, estimator_seeds=10,
             estimator_epochs=None)
 QUICK = dict(seeds=1, epochs=4, qat_epochs=4, fhe_samples=1, fhe_rows="simplenet-10,estimator",
              throughput_samples=2, throughput_rows="estimator", throughput_budget=15.0, estimator_seeds=1,
@@ -244,7 +244,7 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--compile-samples", type=int, default=2000,
                         help="training points used as calibration/compilation inputset (the estimator's bound)")
-    parser.add_argument("--estimator-seeds", type=int, help="seeds for NeuralNetClassifier fits (default 1)")
+    parser.add_argument("--estimator-seeds", type=int, help="seeds for NeuralNetClassifier fits (default 10; quick 1)")
     parser.add_argument("--estimator-epochs", type=int,
                         help="override NeuralNetClassifier max_epochs (default: its own; quick 5)")
     parser.add_argument("--p-error", type=float,
@@ -473,6 +473,7 @@ def to_markdown(results: dict) -> str:
                       ["Bayes ceiling on 50,000 fresh points of the board", pct(mean.get("fresh_bayes_accuracy"))],
                       ["Brevitas accuracy on the fresh points", pct(mean.get("fresh_brevitas_accuracy"))],
                       ["clear quantized accuracy on the fresh points", pct(mean.get("fresh_disable_accuracy"))],
+                      ["simulate accuracy on the fresh points", pct(mean.get("fresh_simulate_accuracy"))],
                       ["fit s (includes compile)", num(mean.get("fit_s"))],
                       ["accumulator size (clear program)", num(mean.get("accumulator_bits"), 1)],
                   ])]

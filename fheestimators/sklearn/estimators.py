@@ -74,7 +74,9 @@ class FheMixin:
         optimizer=torch.optim.Adam,
         lr=0.02,
         max_epochs=150,
-        batch_size=256,
+        # 128 rather than 256: twice the steps for 1.7x the training time; on the checkerboard
+        # data, simulated accuracy on fresh points 94.84% against 94.62% (mean over 8 seeds)
+        batch_size=128,
         train_split=None,
         verbose=0,
         rounding_threshold_bits=DEFAULT_ROUNDING,
