@@ -83,6 +83,8 @@ def test_compiled_networks_keep_every_gain_within_the_noise_headroom(monkeypatch
     settings = dict(n_bits=5, rounding_threshold_bits=5)
     assert _gains_within_headroom(compile_torch_model(model, x, **settings))
 
-    # without the variances, the quiet neuron's gain passes the headroom
+    # exact rounding keeps the gains free, as does a pass without the variances
+    assert not _gains_within_headroom(
+        compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 5, "method": "exact"}))
     monkeypatch.setattr("fheestimators.quantization.rounding.noise_variances", lambda program: None)
     assert not _gains_within_headroom(compile_torch_model(model, x, **settings))
