@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
             row["fresh_accuracy"].append(float((predict(X_fresh) == y_fresh).mean()))
             if options is not None and seed == 0:
                 circuit = clf.fhe_circuit
-                row.update(circuit_costs(circuit), p_error=float(circuit.p_error))
+                row.update(circuit_costs(circuit))
                 simulated, _ = time_simulate(run, X_test)
                 log(f"setting {name}: keygen and {args.fhe_samples} encrypted sample(s)")
                 row.update(measure_keygen(circuit))

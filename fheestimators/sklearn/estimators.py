@@ -371,9 +371,10 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
         X : array-like of shape (n_samples, n_features)
         fhe : {"disable", "simulate", "execute"}, default="disable"
             "disable" runs the integer network in the clear; "simulate" adds FHE's
-            effects (bit-width wrap-around, p_error) in the clear; "execute" encrypts
-            each sample, runs the circuit and decrypts. The first "execute" generates
-            the keys, which takes seconds: logged, and printed when ``verbose > 0``.
+            effects in the clear (bit-width wrap-around, and the bootstraps' mistakes:
+            p_error's and approximate rounding's); "execute" encrypts each sample, runs
+            the circuit and decrypts. The first "execute" generates the keys, which
+            takes seconds: logged, and printed when ``verbose > 0``.
 
         Returns
         -------
