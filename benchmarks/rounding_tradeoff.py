@@ -2,7 +2,8 @@
 
 ``NeuralNetClassifier()`` is trained on the demo's checkerboard split (once per seed),
 then compiled again with each setting ``bits:p_error`` (``7:0.02``: rounding to 7 bits,
-each lookup may err with probability 0.02; ``6:g0.001``: ``global_p_error=0.001``).
+each lookup may err with probability 0.02; ``8/7:0.2``: 8 bits before the first layer's
+lookups, 7 before the others'; ``6:g0.001``: ``global_p_error=0.001``).
 Every setting is measured in simulation, which draws the lookups' mistakes as FHE
 makes them, on the 500 test points and on 50,000 fresh points of the board (the
 accuracy on the data's distribution, to a tenth of a point); the clear run's accuracy
@@ -11,7 +12,7 @@ and seconds per sample, after one untimed run that pays the one-off set-up). ``n
 is the unrounded network: Brevitas' own outputs, whose 14-bit lookups no FHE machine
 runs, so it has accuracies only.
 
-Run: ``python benchmarks/rounding_tradeoff.py [--seeds 3] [--settings none,8:0.02,7:0.02] [--fhe-samples 2]``
+Run: ``python benchmarks/rounding_tradeoff.py [--seeds 3] [--settings none,8/7:0.2,7:0.02] [--fhe-samples 2]``
 """
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ from _measure import (  # noqa: E402
 
 
 def settings(text: str) -> list[tuple[str, dict]]:
-    """``"none,7:0.02,6:g0.001"`` → ``[("none", None), ("7:0.02", {compile options}), ...]``."""
+    """``"none,8/7:0.2,6:g0.001"`` → ``[("none", None), ("8/7:0.2", {compile options}), ...]``."""
     parsed = []
     for item in (part.strip().lower() for part in text.split(",")):
         if item == "none":
             parsed.append((item, None))
             continue
         bits, _, error = item.partition(":")
-        options = {"rounding_threshold_bits": int(bits)}
+        per_layer = tuple(int(b) for b in bits.split("/"))
+        options = {"rounding_threshold_bits": per_layer if len(per_layer) > 1 else per_layer[0]}
         if error.startswith("g"):
             options["global_p_error"] = float(error[1:])
         elif error:
@@ -50,7 +52,7 @@ def settings(text: str) -> list[tuple[str, dict]]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds (the data split stays the demo's)")
-    parser.add_argument("--settings", default="none,8:0.02,7:0.02,6:0.02,7:g0.001,6:g0.001",
+    parser.add_argument("--settings", default="none,8/7:0.2,8/8:0.3,8/7:0.02,7:0.2,7:0.02,6:0.02,7:g0.001",
                         help="bits:p_error (or bits:gGLOBAL_P_ERROR) to compare, comma-separated")
     parser.add_argument("--fhe-samples", type=int, default=2, help="encrypted samples per setting, first seed only")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the estimator's default")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import warnings
 from types import MappingProxyType
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -15,7 +15,8 @@ from .noise import noise_variances
 from .program import IntegerProgram
 from .steps import TableLookup, bit_width
 
-RoundingLike = Union[None, int, Mapping[str, Union[str, int]]]
+BitsLike = Union[int, str]
+RoundingLike = Union[None, int, Sequence[BitsLike], Mapping[str, Union[str, int, Sequence[BitsLike]]]]
 # "auto" never goes below this many bits (the bootstrap costs hardly fall further), nor
 # above that many (a wider bootstrap needs minutes of key generation and gigabytes of keys).
 AUTO_MIN_BITS = 3
@@ -32,8 +33,15 @@ AUTO_MIN_SAMPLES = 100
 AUTO_EXACT = MappingProxyType({"n_bits": "auto", "method": "exact"})
 
 
-def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Union[int, str], str]]:
-    """``(n_bits or "auto", "exact" | "approximate")``, or None for no rounding."""
+def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[tuple[BitsLike, ...], str]]:
+    """``(n_bits per lookup, "exact" | "approximate")``, or None for no rounding.
+
+    ``n_bits`` is an int, ``"auto"``, or a sequence of them: one per table lookup in the
+    order the network runs them (in an MLP, one per hidden layer), the last one for all
+    further lookups; entries beyond the network's lookups are unused, so one setting
+    serves networks of any depth. A first layer on few features may deserve a bit more than the
+    others: rounding its accumulators acts like coarser inputs.
+    """
     if rounding_threshold_bits is None:
         return None
     method = "approximate"
@@ -46,13 +54,20 @@ def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[Unio
         method = str(getattr(rounding_threshold_bits.get("method", method), "name", rounding_threshold_bits.get("method", method))).lower()
         if method not in ("exact", "approximate"):
             raise ValueError(f"rounding method {method!r} is not 'exact' or 'approximate'")
-    if n_bits == "auto":
-        return "auto", method
+    per_lookup = tuple(n_bits) if isinstance(n_bits, (list, tuple)) else (n_bits,)
+    if not per_lookup:
+        raise ValueError("rounding_threshold_bits n_bits is an empty sequence: give one bit-width or more")
+    return tuple(_check_bits(bits) for bits in per_lookup), method
+
+
+def _check_bits(n_bits) -> BitsLike:
+    if isinstance(n_bits, str) and n_bits == "auto":
+        return "auto"
     if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)):
-        raise TypeError(f"rounding_threshold_bits n_bits must be an int or 'auto', got {n_bits!r}")
+        raise TypeError(f"rounding_threshold_bits n_bits must be an int or 'auto' (or a sequence of them), got {n_bits!r}")
     if not 2 <= n_bits <= 16:
         raise ValueError(f"rounding_threshold_bits={n_bits} is out of range: use 2 to 16")
-    return int(n_bits), method
+    return int(n_bits)
 
 
 def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: RoundingLike) -> None:
@@ -68,24 +83,28 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
         step.lsbs_to_remove, step.gain, step.shift = 0, None, None
     if parsed is None:
         return
-    n_bits, method = parsed
-    if n_bits == "auto" and len(calibration[0]) < AUTO_MIN_SAMPLES:
+    per_lookup, method = parsed
+    auto = "auto" in per_lookup[: len(program.table_lookups)]
+    if auto and len(calibration[0]) < AUTO_MIN_SAMPLES:
         warnings.warn(
             f"rounding 'auto' needs at least {AUTO_MIN_SAMPLES} calibration samples to judge the "
             f"model's decisions, got {len(calibration[0])}: accumulators are kept whole",
             UserWarning, stacklevel=2,
         )
         return
-    reference = _decisions(program, calibration) if n_bits == "auto" else None
+    reference = _decisions(program, calibration) if auto else None
     # exact rounding spends extra bootstraps on the removed bits: there the gain's noise
     # mattered less than the bits 'auto' keeps without it (QATPrunedSimpleNet: capped gains
     # cost 15% more), so the cap is for approximate rounding only
     variances = (noise_variances(program) if method == "approximate" else None) or {}
     values = dict(zip(program.input_names, calibration))
+    lookups = 0
     for step in program.steps:
         args = [values[name] for name in step.inputs]
         if isinstance(step, TableLookup):
             step.exactness = method
+            n_bits = per_lookup[min(lookups, len(per_lookup) - 1)]
+            lookups += 1
             _choose_precision(step, np.asarray(args[0], dtype=np.int64), n_bits, program, calibration, reference,
                               variances.get(step.inputs[0]))
         values[step.output] = step.numpy(*args)

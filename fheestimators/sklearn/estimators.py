@@ -31,15 +31,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Accumulators rounded to 7 bits before each lookup, with a per-lookup error probability
-# of 2%: at 2% concrete-python runs a 7-bit lookup with the keys of a 6-bit one at
-# global_p_error=1e-3 (28 bootstraps, about 0.6 s per checkerboard sample), and the
-# extra bit gains 0.56 point of simulated accuracy on fresh checkerboard points (94.98%
-# against 94.42% at 6 bits and global_p_error=1e-3, mean of 3 training seeds, 0.62 s
-# against 0.57 s; benchmarks/rounding_tradeoff.py). The simulation draws the lookups'
-# mistakes, so its accuracy is the encrypted one.
-DEFAULT_ROUNDING = {"n_bits": 7, "method": "approximate"}
-DEFAULT_P_ERROR = 0.02
+# The first layer's accumulators rounded to 8 bits before their lookups, the others' to
+# 7, each lookup erring with probability 0.2. Rounding the first layer acts like coarser
+# inputs, and on the checkerboard that costs more than any later layer's rounding; a
+# lookup's error mostly reads a neighbouring entry, which costs less accuracy than a bit
+# of rounding does, while keys for 8 (7) bits at 0.2 are those of 7 (6) at 0.02. Mean
+# of 8 training seeds, simulated accuracy on 50,000 fresh checkerboard points: 94.99%
+# at complexity 9.2e9, against 94.84% at 1.02e10 with 7 bits everywhere at 0.02
+# (benchmarks/rounding_tradeoff.py). The simulation draws the lookups' mistakes, so its
+# accuracy is the encrypted one.
+DEFAULT_ROUNDING = {"n_bits": (8, 7), "method": "approximate"}
+DEFAULT_P_ERROR = 0.2
 MAX_COMPILE_SAMPLES = 2000
 # settings of the FHE estimators that a float network has no use for
 FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "random_state")
@@ -326,7 +328,9 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     rounding_threshold_bits, p_error, global_p_error :
         Compilation settings used by ``fit`` and ``compile``. Give at most one of
         ``p_error`` (per lookup) and ``global_p_error`` (per sample); with neither,
-        each lookup may err with probability 0.02, which the simulation draws.
+        each lookup may err with probability 0.2, which the simulation draws. The
+        default rounding keeps 8 bits before the first layer's lookups and 7 before
+        the others' (``rounding_threshold_bits`` takes one bit-width per layer).
     random_state : None, int or numpy.random.RandomState
         Seeds the initial weights and the shuffling; None uses torch's global seed.
     classes : array-like, optional

@@ -132,11 +132,43 @@ def test_invalid_rounding(rounding, error, match):
 
 def test_parse_rounding_values():
     assert parse_rounding(None) is None
-    assert parse_rounding(5) == (5, "approximate")
-    assert parse_rounding({"n_bits": 5, "method": "EXACT"}) == (5, "exact")
-    assert parse_rounding({"method": "exact"}) == ("auto", "exact")
-    assert parse_rounding({"n_bits": "auto"}) == ("auto", "approximate")
-    assert parse_rounding({"n_bits": 6, "method": fhe.Exactness.APPROXIMATE}) == (6, "approximate")
+    assert parse_rounding(5) == ((5,), "approximate")
+    assert parse_rounding({"n_bits": 5, "method": "EXACT"}) == ((5,), "exact")
+    assert parse_rounding({"method": "exact"}) == (("auto",), "exact")
+    assert parse_rounding({"n_bits": "auto"}) == (("auto",), "approximate")
+    assert parse_rounding({"n_bits": 6, "method": fhe.Exactness.APPROXIMATE}) == ((6,), "approximate")
+    assert parse_rounding([8, 7]) == ((8, 7), "approximate")
+    assert parse_rounding({"n_bits": (np.int64(8), "auto"), "method": "exact"}) == ((8, "auto"), "exact")
+
+
+@pytest.mark.parametrize("rounding, error, match", [
+    ([], ValueError, "empty"),
+    ({"n_bits": [8, 1]}, ValueError, "out of range"),
+    ([8, 6.5], TypeError, "int or 'auto'"),
+], ids=repr)
+def test_invalid_per_lookup_rounding(rounding, error, match):
+    with pytest.raises(error, match=match):
+        parse_rounding(rounding)
+
+
+def two_layer_reports(rounding):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, N_HIDDEN), nn.ReLU(), nn.Linear(N_HIDDEN, N_HIDDEN), nn.ReLU(),
+                          nn.Linear(N_HIDDEN, 3)).eval()
+    module = build_quantized_module(model, X, n_bits=N_BITS, rounding_threshold_bits=rounding)
+    return [(report.lookup_bits, report.accumulator_bits - report.lsbs_removed) for report in module.layer_reports()]
+
+
+@pytest.mark.parametrize("rounding, expected", [
+    ([6, 4], [6, 4]),
+    ({"n_bits": (6, 4, 3)}, [6, 4]),  # an entry beyond the network's lookups is unused
+    ([5], [5, 5]),  # the last entry serves the further lookups
+    (4, [4, 4]),
+], ids=repr)
+def test_per_lookup_rounding_follows_the_network_order(rounding, expected):
+    reports = two_layer_reports(rounding)
+    assert [kept for _, kept in reports] == expected
+    assert all(bits <= kept for bits, kept in reports)
 
 
 # -- aligning the rounding bins with the tables' steps ------------------------------

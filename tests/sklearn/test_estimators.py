@@ -14,6 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
 from fheestimators.torch.compile import _build
+from fheestimators.sklearn.estimators import DEFAULT_P_ERROR
 
 
 def build_quantized_module_from_brevitas(model, X):
@@ -81,8 +82,8 @@ def test_execute_on_one_sample(data):
 def test_error_probability_given_replaces_the_default(data):
     X, y = data
     clf = NeuralNetClassifier(**SMALL, random_state=0).fit(X, y)
-    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (0.02, None)
-    assert clf.fhe_circuit.p_error <= 0.02
+    assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (DEFAULT_P_ERROR, None)
+    assert clf.fhe_circuit.p_error <= DEFAULT_P_ERROR
     clf.compile(X, global_p_error=1e-3)
     assert (clf.compile_settings_["p_error"], clf.compile_settings_["global_p_error"]) == (None, 1e-3)
     assert clf.fhe_circuit.global_p_error <= 1e-3
