@@ -31,17 +31,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The first layer's accumulators rounded to 8 bits before their lookups, the others' to
-# 7, each lookup erring with probability 0.2. Rounding the first layer acts like coarser
-# inputs, and on the checkerboard that costs more than any later layer's rounding; a
-# lookup's error mostly reads a neighbouring entry, which costs less accuracy than a bit
-# of rounding does, while keys for 8 (7) bits at 0.2 are those of 7 (6) at 0.02. Mean
-# of 8 training seeds, simulated accuracy on 50,000 fresh checkerboard points: 94.99%
-# at complexity 9.2e9, against 94.84% at 1.02e10 with 7 bits everywhere at 0.02
-# (benchmarks/rounding_tradeoff.py). The simulation draws the lookups' mistakes, so its
-# accuracy is the encrypted one.
-DEFAULT_ROUNDING = {"n_bits": (8, 7), "method": "approximate"}
-DEFAULT_P_ERROR = 0.2
+# Accumulators rounded to 8 bits before each lookup, each lookup erring with probability
+# 0.3. A lookup's error reads a neighbouring entry, which costs less accuracy than a
+# bit of rounding does (most of all in the first layer, where rounding acts like coarser
+# inputs), and at 0.3 an 8-bit lookup gets the keys of a 7-bit one at 0.02. Mean of 8
+# training seeds, simulated accuracy on 50,000 fresh checkerboard points: 95.01% at
+# complexity 9.8e9, against 94.84% at 1.02e10 with 7 bits at 0.02; 8 bits for the first
+# layer and 7 for the others at 0.2 gave 94.99% at 9.2e9 but needed two key sets (1.0
+# GB against 0.33 GB, keygen 7.5 s against 2.9 s). benchmarks/rounding_tradeoff.py has
+# more. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
+DEFAULT_ROUNDING = {"n_bits": 8, "method": "approximate"}
+DEFAULT_P_ERROR = 0.3
 MAX_COMPILE_SAMPLES = 2000
 # settings of the FHE estimators that a float network has no use for
 FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "random_state")
@@ -328,9 +328,9 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     rounding_threshold_bits, p_error, global_p_error :
         Compilation settings used by ``fit`` and ``compile``. Give at most one of
         ``p_error`` (per lookup) and ``global_p_error`` (per sample); with neither,
-        each lookup may err with probability 0.2, which the simulation draws. The
-        default rounding keeps 8 bits before the first layer's lookups and 7 before
-        the others' (``rounding_threshold_bits`` takes one bit-width per layer).
+        each lookup may err with probability 0.3, which the simulation draws. The
+        default rounding keeps 8 bits before each lookup (``rounding_threshold_bits``
+        also takes one bit-width per layer).
     random_state : None, int or numpy.random.RandomState
         Seeds the initial weights and the shuffling; None uses torch's global seed.
     classes : array-like, optional

@@ -57,7 +57,7 @@ class QATMLP(nn.Module):
     n_w_bits, n_a_bits : int
         Bits of weights and activations. 6 rather than 4 gains about 1.5% on the
         checkerboard data at the same cost in FHE: the accumulators are rounded to
-        8 or 7 bits (the estimators' default) before each lookup either way.
+        8 bits (the estimators' default) before each lookup either way.
     n_input_bits : int
         Bits of the quantized input features. Cheap (the first layer sums few products,
         and its accumulator is rounded before the lookup) and it sets how finely the

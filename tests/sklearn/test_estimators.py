@@ -185,3 +185,14 @@ def test_per_layer_widths_must_match_the_layers(data):
     X, y = data
     with pytest.raises(ValueError, match="n_hidden gives 2 hidden widths for n_layers=2"):
         NeuralNetClassifier(**{**SMALL, "module__n_hidden": (5, 3)}).fit(X, y)
+
+
+@pytest.mark.parametrize("rounding, kept", [("default", [8, 8]), ((8, 6), [8, 6])], ids=str)
+def test_rounding_bits_per_layer(data, rounding, kept):
+    X, y = data
+    clf = NeuralNetClassifier(module__n_layers=3, module__n_hidden=4, max_epochs=2, random_state=0).fit(X, y)
+    if rounding != "default":
+        clf.compile(X, rounding_threshold_bits=rounding)
+    lookups = [report for report in clf.quantized_module_.layer_reports() if report.table_lookups]
+    assert [report.accumulator_bits - report.lsbs_removed for report in lookups] == kept
+    assert all(report.accumulator_bits > 8 for report in lookups)  # both were rounded
