@@ -58,19 +58,22 @@ def test_approximate_rounding_errs_near_the_middle_between_entries():
     np.testing.assert_array_equal(LookupNoise(p_error=0.0)(step, x), step.rounded(x))
 
 
-def test_approximate_rounding_errs_in_fhe_as_simulated():
+# 0.02, and the estimators' default 0.3, where the bootstrap's own errors are as frequent as rounding's
+@pytest.mark.parametrize("p_error", [0.02, 0.3])
+def test_approximate_rounding_errs_in_fhe_as_simulated(p_error):
     """Real encryption: 768 approximately rounded lookups err about as often as drawn."""
     step = _step("approximate")
     inputset = [np.full(64, 0), np.full(64, 1000), *np.random.default_rng(1).integers(0, 1001, (5, 64))]
-    circuit = fhe.Compiler(lambda x: step.fhe(x), {"x": "encrypted"}).compile(inputset, p_error=0.02)
+    circuit = fhe.Compiler(lambda x: step.fhe(x), {"x": "encrypted"}).compile(inputset, p_error=p_error)
     x = np.random.default_rng(2).integers(100, 900, (12, 64))
     encrypted = np.stack([circuit.encrypt_run_decrypt(row) for row in x])
     encrypted_rate = np.mean(encrypted != step.numpy(x))
     # the simulated rate of the same inputs, over 50 draws: its own sampling error is negligible
     tiled = np.tile(x, (50, 1))
     simulated_rate = np.mean(step.lookup(LookupNoise.from_circuit(circuit, seed=0)(step, tiled)) != step.numpy(tiled))
-    assert encrypted_rate > 5 * circuit.p_error  # the removed bits, not p_error, set the rate
-    assert abs(encrypted_rate - simulated_rate) < 0.07  # 5 standard deviations of the encrypted estimate
+    print(f"p_error {circuit.p_error:.3f}: encrypted {encrypted_rate:.3f}, simulated {simulated_rate:.3f}")
+    assert encrypted_rate > circuit.p_error + 0.1  # the removed bits add their own mistakes
+    assert abs(encrypted_rate - simulated_rate) < 0.07  # about 4 standard deviations of the encrypted estimate
 
 
 def test_approximate_rounding_errs_as_in_concrete_simulation():
