@@ -39,8 +39,8 @@ def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[tupl
     ``n_bits`` is an int, ``"auto"``, or a sequence of them: one per table lookup in the
     order the network runs them (in an MLP, one per hidden layer), the last one for all
     further lookups; entries beyond the network's lookups are unused, so one setting
-    serves networks of any depth. A first layer on few features may deserve a bit more than the
-    others: rounding its accumulators acts like coarser inputs.
+    serves networks of any depth. A first layer on few features may deserve a bit more
+    than the others: rounding its accumulators acts like coarser inputs.
     """
     if rounding_threshold_bits is None:
         return None

@@ -99,11 +99,12 @@ def build_quantized_module(
     n_bits : int or dict
         An int, or a dict with ``op_inputs`` and ``op_weights`` (and optionally
         ``model_inputs``, ``model_outputs``).
-    rounding_threshold_bits : None, int or dict
-        Round accumulators to this many bits before each table lookup; a dict gives
-        ``n_bits`` (int or "auto") and ``method`` ("exact" or "approximate"). None (the
-        default) keeps every accumulator whole: encrypted results equal the clear ones
-        exactly, at the highest cost. ``"auto"`` gives each table the fewest bits that
+    rounding_threshold_bits : None, int, sequence or dict
+        Round accumulators to this many bits before each table lookup; a sequence gives
+        one entry per lookup in the network's order (the last one for further lookups);
+        a dict gives ``n_bits`` (any of those, or "auto") and ``method`` ("exact" or
+        "approximate"). None (the default) keeps every accumulator whole: encrypted
+        results equal the clear ones exactly, at the highest cost. ``"auto"`` gives each table the fewest bits that
         leave the model's decisions (argmax, or the value to 1% of its range) unchanged on
         all but 0.2% of the calibration samples: often several times faster.
     reduce_sum_copy : bool
@@ -259,7 +260,7 @@ def compile_brevitas_qat_model(
         None uses the Brevitas settings. An int or a dict with ``model_inputs`` /
         ``model_outputs`` sets the bits of values the model does not quantize itself
         (e.g. an encrypted addition of two branches); default 8.
-    rounding_threshold_bits : None, int or dict
+    rounding_threshold_bits : None, int, sequence or dict
         As for ``compile_torch_model``, but the default here is
         ``{"n_bits": "auto", "method": "exact"}``: each accumulator is rounded to the
         fewest bits that keep the model's decisions on all but 0.2% of the inputset
