@@ -84,7 +84,9 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     if parsed is None:
         return
     per_lookup, method = parsed
-    auto = "auto" in per_lookup[: len(program.table_lookups)]
+    # the last entry serves the further lookups; entries past the last lookup are unused
+    bits_of = {id(step): per_lookup[min(i, len(per_lookup) - 1)] for i, step in enumerate(program.table_lookups)}
+    auto = "auto" in bits_of.values()
     if auto and len(calibration[0]) < AUTO_MIN_SAMPLES:
         warnings.warn(
             f"rounding 'auto' needs at least {AUTO_MIN_SAMPLES} calibration samples to judge the "
@@ -98,15 +100,12 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     # cost 15% more), so the cap is for approximate rounding only
     variances = (noise_variances(program) if method == "approximate" else None) or {}
     values = dict(zip(program.input_names, calibration))
-    lookups = 0
     for step in program.steps:
         args = [values[name] for name in step.inputs]
         if isinstance(step, TableLookup):
             step.exactness = method
-            n_bits = per_lookup[min(lookups, len(per_lookup) - 1)]
-            lookups += 1
-            _choose_precision(step, np.asarray(args[0], dtype=np.int64), n_bits, program, calibration, reference,
-                              variances.get(step.inputs[0]))
+            _choose_precision(step, np.asarray(args[0], dtype=np.int64), bits_of[id(step)], program, calibration,
+                              reference, variances.get(step.inputs[0]))
         values[step.output] = step.numpy(*args)
 
 
@@ -173,11 +172,10 @@ def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.n
 
     The gain multiplies the element's encryption noise too. Given the noise ``variance``
     of each element (``noise.noise_variances``; ``apply_rounding`` gives it for approximate
-    rounding), an element's gain stops where its noise
-    variance would pass ``NOISE_HEADROOM`` times the noisiest element's, so the keys
-    concrete-python picks stay about those it needs without gains. (Uncapped, one
-    small-weight neuron of the demo's network took a gain of 22 and made every bootstrap
-    of the circuit 30% dearer.)
+    rounding), an element's gain stops where its noise variance would pass
+    ``NOISE_HEADROOM`` times the noisiest element's, so the keys concrete-python picks
+    stay about those it needs without gains. (Uncapped, one small-weight neuron of the
+    demo's network took a gain of 22 and made every bootstrap of the circuit 30% dearer.)
     """
     unit = 1 << step.lsbs_to_remove
     lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if x.min() < 0 else (0, (1 << width) - 1)
