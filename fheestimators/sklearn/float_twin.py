@@ -28,14 +28,14 @@ class FloatMLP(nn.Module):
         Set from the data.
     n_layers : int
         Number of linear layers (hidden layers + 1).
-    n_hidden : int or sequence of int
-        Width of each hidden layer, or one width per hidden layer.
+    n_hidden : int, sequence of int or None
+        Width of each hidden layer, or one width per hidden layer; None as in ``QATMLP``.
     activation : type of torch.nn.Module
         The activation after each hidden layer.
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, n_layers: int,
-                 n_hidden: Union[int, Sequence[int]], activation: Type[nn.Module]):
+                 n_hidden: Union[int, Sequence[int], None], activation: Type[nn.Module]):
         super().__init__()
         widths = layer_widths(n_inputs, n_outputs, n_layers, n_hidden)
         layers: list[nn.Module] = []

@@ -181,6 +181,14 @@ def test_output_layer_weight_bits_and_per_layer_widths(data):
     assert np.mean(clf.predict(X, fhe="simulate") == clf.predict(X)) >= 0.9
 
 
+@pytest.mark.parametrize("n_layers, hidden", [(2, [24]), (3, [24, 16]), (4, [24, 16, 16])])
+def test_default_widths_widen_the_first_hidden_layer(data, n_layers, hidden):
+    X, y = data
+    clf, twin = NeuralNetClassifier(module__n_layers=n_layers, max_epochs=1).fit_benchmark(X, y)
+    assert [layer.out_features for layer in clf.module_.linear_layers] == [*hidden, 2]
+    assert [m.out_features for m in twin.module_.layers if isinstance(m, torch.nn.Linear)] == [*hidden, 2]
+
+
 def test_per_layer_widths_must_match_the_layers(data):
     X, y = data
     with pytest.raises(ValueError, match="n_hidden gives 2 hidden widths for n_layers=2"):
