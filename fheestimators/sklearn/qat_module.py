@@ -18,8 +18,8 @@ NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
 # the later ones combine them, so the first gets more neurons. On the checkerboard data
 # (16 training seeds, 300 epochs, simulated accuracy on 50,000 fresh points), 24 then 16
 # neurons gave 95.06% against 94.91% for 16 and 16 (150 epochs), at 1.2e10 against 9.8e9
-# in circuit complexity; 24 and 24 gave 95.15% (8 seeds) but up to 1.6e10, about 1 s per
-# encrypted sample.
+# in circuit complexity; 24 and 24 gave 95.15% (8 seeds) but up to 1.6e10, about 0.9 s per
+# encrypted sample on 2 cores: too close to the 1 s target.
 FIRST_HIDDEN_WIDTH = 24
 HIDDEN_WIDTH = 16
 
