@@ -32,14 +32,16 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Accumulators rounded to 8 bits before each lookup, each lookup erring with probability
-# 0.3. A lookup's error reads a neighbouring entry, which costs less accuracy than a
-# bit of rounding does (most of all in the first layer, where rounding acts like coarser
+# 0.3. A lookup's error reads a neighbouring entry, which costs less accuracy than a bit
+# of rounding does (most of all in the first layer, where rounding acts like coarser
 # inputs), and at 0.3 an 8-bit lookup gets the keys of a 7-bit one at 0.02. Mean of 8
-# training seeds, simulated accuracy on 50,000 fresh checkerboard points: 95.01% at
-# complexity 9.8e9, against 94.84% at 1.02e10 with 7 bits at 0.02; 8 bits for the first
-# layer and 7 for the others at 0.2 gave 94.99% at 9.2e9 but needed two key sets (1.0
-# GB against 0.33 GB, keygen 7.5 s against 2.9 s). benchmarks/rounding_tradeoff.py has
-# more. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
+# training seeds of the 16-and-16 network, simulated accuracy on 50,000 fresh checkerboard
+# points: 95.01% at complexity 9.8e9, against 94.84% at 1.02e10 with 7 bits at 0.02; 8
+# bits for the first layer and 7 for the others at 0.2 gave 94.99% at 9.2e9 but needed two
+# key sets (1.0 GB against 0.33 GB, keygen 7.5 s against 2.9 s).
+# benchmarks/rounding_tradeoff.py has more. With the 24-then-16 default (8 seeds on one
+# split): 95.13% at 0.63 s per encrypted sample, against 95.04% at 0.67 s for 7 bits at
+# 0.02. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
 DEFAULT_ROUNDING = {"n_bits": 8, "method": "approximate"}
 DEFAULT_P_ERROR = 0.3
 MAX_COMPILE_SAMPLES = 2000
