@@ -64,7 +64,8 @@ def _check_bits(n_bits) -> BitsLike:
     if isinstance(n_bits, str) and n_bits == "auto":
         return "auto"
     if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)):
-        raise TypeError(f"rounding_threshold_bits n_bits must be an int or 'auto' (or a sequence of them), got {n_bits!r}")
+        raise TypeError(
+            f"rounding_threshold_bits n_bits must be an int or 'auto' (or a sequence of them), got {n_bits!r}")
     if not 2 <= n_bits <= 16:
         raise ValueError(f"rounding_threshold_bits={n_bits} is out of range: use 2 to 16")
     return int(n_bits)

@@ -104,9 +104,10 @@ def build_quantized_module(
         one entry per lookup in the network's order (the last one for further lookups);
         a dict gives ``n_bits`` (any of those, or "auto") and ``method`` ("exact" or
         "approximate"). None (the default) keeps every accumulator whole: encrypted
-        results equal the clear ones exactly, at the highest cost. ``"auto"`` gives each table the fewest bits that
-        leave the model's decisions (argmax, or the value to 1% of its range) unchanged on
-        all but 0.2% of the calibration samples: often several times faster.
+        results equal the clear ones exactly, at the highest cost. ``"auto"`` gives each
+        table the fewest bits that leave the model's decisions (argmax, or the value to
+        1% of its range) unchanged on all but 0.2% of the calibration samples: often
+        several times faster.
     reduce_sum_copy : bool
         Accepted for compatibility: sums never widen their inputs here.
 
