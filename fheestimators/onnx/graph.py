@@ -12,6 +12,8 @@ from .ops import OPS
 
 # Ops whose result depends on nothing but their inputs, so they fold when all inputs are constant.
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike"}
+# Ops that move constant weights without changing their values: their QAT grid carries over
+_KEEPS_GRID = {"Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Cast"}
 
 
 @dataclass
@@ -114,12 +116,25 @@ class Graph:
         self.nodes = remaining
 
     def _track_weight_scale(self, node: Node) -> None:
-        """Remember the grid of quantized weights, also through a transpose or reshape."""
-        if node.op_type == "Quant" and np.size(self.constants[node.inputs[1]]) == 1:
-            self.weight_scales[node.outputs[0]] = self.constants[node.inputs[1]]
-        elif node.op_type in ("Transpose", "Reshape", "Identity", "Flatten", "Squeeze", "Unsqueeze", "Cast"):
-            if node.inputs[0] in self.weight_scales:
-                self.weight_scales[node.outputs[0]] = self.weight_scales[node.inputs[0]]
+        """Remember the grid of quantized weights, also through a transpose or reshape.
+
+        A per-channel grid (one scale per output channel, broadcast against the weights)
+        follows a transpose; a reshape would lose its axes, so it stops there.
+        """
+        if node.op_type == "Quant":
+            self.weight_scales[node.outputs[0]] = np.asarray(self.constants[node.inputs[1]], dtype=np.float64)
+            return
+        scale = self.weight_scales.get(node.inputs[0]) if node.op_type in _KEEPS_GRID else None
+        if scale is None:
+            return
+        if np.size(scale) == 1:
+            self.weight_scales[node.outputs[0]] = scale
+        elif node.op_type == "Transpose":
+            perm = node.attrs.get("perm", list(reversed(range(scale.ndim))))
+            scale = scale.reshape((1,) * (len(perm) - scale.ndim) + scale.shape)
+            self.weight_scales[node.outputs[0]] = np.transpose(scale, perm)
+        elif node.op_type in ("Identity", "Cast"):
+            self.weight_scales[node.outputs[0]] = scale
 
     def run(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
         """Evaluate the graph in float64 on a batch."""

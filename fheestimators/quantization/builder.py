@@ -8,7 +8,7 @@ bias, activation and requantization between two linear layers cost one lookup.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -110,18 +110,24 @@ class Builder:
         return self.ints[value.source].shape[1:]
 
     # -- quantizing ------------------------------------------------------------
-    def quantize_weights(self, weights: np.ndarray, node: Node, index: int) -> tuple[np.ndarray, float]:
-        """Integer weights and their scale.
+    def quantize_weights(self, weights: np.ndarray, node: Node, index: int, channel_axis: int,
+                         transposed: bool = False) -> tuple[np.ndarray, Union[float, np.ndarray]]:
+        """Integer weights and their scale: one number, or one per output channel (1-D).
 
         Post-training: a symmetric ``op_weights``-bit quantizer. QAT: the trained grid,
-        read from the ``Quant`` node that produced the weights or found in their values.
+        read from the ``Quant`` node that produced the weights (per tensor, or per
+        output channel along ``channel_axis``; ``transposed`` if the op transposes the
+        weights it was given) or found in their values.
         """
         if self.qat:
             scale = self.graph.weight_scales.get(node.inputs[index])
-            scale = float(scale) if scale is not None else _grid_scale(weights)
+            if scale is not None and np.size(scale) > 1:
+                scale = _channel_scale(scale.T if transposed else scale, weights, channel_axis)
+            scale = _grid_scale(weights) if scale is None else scale
             if scale is not None:
                 q = np.rint(weights / scale)
-                if np.allclose(q * scale, weights, rtol=0, atol=1e-6 * max(scale, 1e-12) + 1e-7 * np.abs(weights).max()):
+                if np.allclose(q * scale, weights, rtol=0,
+                               atol=1e-6 * max(float(np.max(scale)), 1e-12) + 1e-7 * np.abs(weights).max()):
                     widest = float(np.abs(q).max())
                     if widest >= 2**MAX_ACCUMULATOR_BIT_WIDTH:
                         raise ValueError(
@@ -129,7 +135,7 @@ class Builder:
                             f"bits; FHE holds at most {MAX_ACCUMULATOR_BIT_WIDTH}-bit integers: lower the "
                             "layer's weight bit-width (brevitas weight_bit_width)"
                         )
-                    return q.astype(np.int64), scale
+                    return q.astype(np.int64), float(scale) if np.size(scale) == 1 else np.reshape(scale, -1)
             if self.strict_qat:
                 raise ValueError(
                     f"the weights of layer {node.name!r} are not quantized: use a brevitas "
@@ -239,6 +245,20 @@ class Builder:
             outputs=outputs,
             sample_shapes=[self.ints[n].shape[1:] for n in self.input_names],
         )
+
+
+def _channel_scale(scale: np.ndarray, weights: np.ndarray, channel_axis: int) -> Optional[np.ndarray]:
+    """``scale`` if it holds one number per output channel of ``weights`` (broadcast against them), else None.
+
+    A scale that varies along any other axis would give the products of one sum
+    different scales: no integer accumulator could hold them.
+    """
+    if scale.ndim != weights.ndim:
+        return None
+    for axis, (size, full) in enumerate(zip(scale.shape, weights.shape)):
+        if size != 1 and (axis != channel_axis % weights.ndim or size != full):
+            return None
+    return scale
 
 
 def _grid_scale(weights: np.ndarray) -> Optional[float]:

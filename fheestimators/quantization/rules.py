@@ -156,7 +156,8 @@ def gemm(builder: Builder, node: Node, args: list) -> list:
         weight = weight.T
     weight = weight * node.attrs.get("alpha", 1.0)
     bias = args[2] if len(args) > 2 and args[2] is not None else 0.0
-    return [_matmul(builder, node, a, weight, np.asarray(bias) * node.attrs.get("beta", 1.0))]
+    return [_matmul(builder, node, a, weight, np.asarray(bias) * node.attrs.get("beta", 1.0),
+                    transposed=bool(node.attrs.get("transB", 0)))]
 
 
 @rule("MatMul")
@@ -167,9 +168,13 @@ def matmul(builder: Builder, node: Node, args: list) -> list:
     return [_matmul(builder, node, b, _weights(args, node, 0), 0.0, left=True)]
 
 
-def _matmul(builder, node, value, weight, bias, left=False) -> Encrypted:
+def _matmul(builder, node, value, weight, bias, left=False, transposed=False) -> Encrypted:
     x = builder.linear_input(value, node)
-    q_weight, w_scale = builder.quantize_weights(weight, node, 0 if left else 1)
+    # output channels: the columns of ``x @ weight``, the rows of ``weight @ x``
+    q_weight, w_scale = builder.quantize_weights(weight, node, 0 if left else 1, channel_axis=0 if left else -1,
+                                                 transposed=transposed)
+    if left:
+        w_scale = np.reshape(w_scale, (-1, 1))
     out = builder.add(MatMul(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight, left=left))
     return Encrypted(out, x.scale * w_scale, bias, origin=node.name)
 
@@ -199,7 +204,8 @@ def conv(builder: Builder, node: Node, args: list) -> list:
     strides = tuple(node.attrs.get("strides", [1] * spatial))
     dilations = tuple(node.attrs.get("dilations", [1] * spatial))
     pads = _explicit_pads(node, builder.ints[x.source].shape, weight.shape[2:], strides, dilations)
-    q_weight, w_scale = builder.quantize_weights(weight, node, 1)
+    q_weight, w_scale = builder.quantize_weights(weight, node, 1, channel_axis=0)
+    w_scale = np.reshape(w_scale, (-1,) + (1,) * spatial)  # one per output channel, or one for all
     out = builder.add(Conv(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight,
                            pads=tuple(pads), strides=strides, dilations=dilations,
                            group=node.attrs.get("group", 1)))

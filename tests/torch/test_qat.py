@@ -27,7 +27,7 @@ from brevitas.core.restrict_val import FloatToIntImplType, RestrictValueType
 from brevitas.core.scaling import ScalingImplType
 from brevitas.core.zero_point import ZeroZeroPoint
 from brevitas.inject import ExtendedInjector
-from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
+from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Int8WeightPerTensorFloat
 from brevitas.quant.solver import ActQuantSolver, WeightQuantSolver
 from dependencies import value
 from torch import nn
@@ -229,12 +229,14 @@ class QATPrunedSimpleNet(nn.Module):
 class TinyQATNet(nn.Module):
     """2 -> hidden -> 2 with 3-bit quantizers: one lookup per hidden neuron."""
 
-    def __init__(self, n_hidden=6, bits=3):
+    def __init__(self, n_hidden=6, bits=3, weight_quant=Int8WeightPerTensorFloat):
         super().__init__()
         self.quant_inp = qnn.QuantIdentity(bit_width=bits, return_quant_tensor=True)
-        self.fc1 = qnn.QuantLinear(2, n_hidden, bias=True, weight_bit_width=bits, bias_quant=None)
+        self.fc1 = qnn.QuantLinear(2, n_hidden, bias=True, weight_bit_width=bits, bias_quant=None,
+                                   weight_quant=weight_quant)
         self.relu1 = qnn.QuantReLU(bit_width=bits, return_quant_tensor=True)
-        self.fc2 = qnn.QuantLinear(n_hidden, 2, bias=True, weight_bit_width=bits, bias_quant=None)
+        self.fc2 = qnn.QuantLinear(n_hidden, 2, bias=True, weight_bit_width=bits, bias_quant=None,
+                                   weight_quant=weight_quant)
 
     def forward(self, x):
         return self.fc2(self.relu1(self.fc1(self.quant_inp(x))))
@@ -243,10 +245,10 @@ class TinyQATNet(nn.Module):
 class QuantConvNet(nn.Module):
     """QuantIdentity -> QuantConv2d -> QuantReLU -> AvgPool2d -> QuantIdentity -> Flatten -> QuantLinear."""
 
-    def __init__(self):
+    def __init__(self, weight_quant=Int8WeightPerTensorFloat):
         super().__init__()
         self.quant_inp = qnn.QuantIdentity(bit_width=3)
-        self.conv = qnn.QuantConv2d(1, 2, 3, weight_bit_width=3, bias_quant=None)
+        self.conv = qnn.QuantConv2d(1, 2, 3, weight_bit_width=3, bias_quant=None, weight_quant=weight_quant)
         self.relu = qnn.QuantReLU(bit_width=3)
         self.pool = nn.AvgPool2d(2)
         self.quant_pool = qnn.QuantIdentity(bit_width=3)
@@ -556,6 +558,36 @@ def test_tiny_qat_execute_equals_disable(tiny_module):
     np.testing.assert_array_equal(encrypted, module.forward(x, fhe="disable"))
 
 
+@pytest.fixture(scope="module")
+def per_channel_module():
+    """The tiny network with one weight scale per neuron (Brevitas' per-channel quantizer)."""
+    X_train, _, y_train, _ = make_checkerboard(n_side=40, test_size=100)
+    X_train = scale_checkerboard(X_train)
+    torch.manual_seed(0)
+    model = TinyQATNet(TINY_HIDDEN, weight_quant=Int8WeightPerChannelFloat)
+    train(model, X_train, y_train, epochs=3, lr=0.02, batch_size=64, budget_s=5.0)
+    module = compile_brevitas_qat_model(model, X_train[:300], rounding_threshold_bits=None)
+    return model, module, X_train
+
+
+def test_per_channel_weights_keep_their_scales(per_channel_module):
+    model, module, X = per_channel_module
+    scales = model.fc1.quant_weight().scale.detach().numpy().reshape(-1)
+    assert np.unique(scales).size > 1  # the case under test: neurons on different grids
+    assert_fidelity(module, model, X[:300])
+    first = next(step for step in module.program.steps if isinstance(step, MatMul))
+    # the trained integers, not a re-quantization on one shared grid
+    expected = np.rint(model.fc1.quant_weight().value.detach().numpy() / scales[:, None]).T
+    np.testing.assert_array_equal(first.weight, expected)
+    assert module.fhe_circuit.programmable_bootstrap_count == TINY_HIDDEN
+
+
+def test_per_channel_weights_execute_equals_disable(per_channel_module):
+    _, module, X = per_channel_module
+    x = X[:2]
+    np.testing.assert_array_equal(module.forward(x, fhe="execute"), module.forward(x, fhe="disable"))
+
+
 def test_output_onnx_file_is_written(tiny_module):
     model, _, _, path = tiny_module
     assert path.exists()
@@ -591,6 +623,16 @@ def test_conv_brevitas_compile(conv_model):
     module = compile_brevitas_qat_model(model, x)
     assert_fidelity(module, model, x)
     np.testing.assert_array_equal(module.forward(x.numpy(), fhe="simulate"), module.forward(x.numpy()))
+
+
+def test_conv_brevitas_per_channel_weights_fidelity():
+    torch.manual_seed(0)
+    model = QuantConvNet(weight_quant=Int8WeightPerChannelFloat)
+    x = torch.randn(60, 1, 6, 6)
+    calibrate(model, x)
+    assert np.unique(model.conv.quant_weight().scale.detach().numpy()).size == 2
+    module = compile_brevitas_qat_model(model, x)
+    assert_fidelity(module, model, x)
 
 
 def test_conv_build_quantized_module_fidelity(conv_model):
