@@ -233,7 +233,8 @@ class FheMixin:
 
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
-        if prefix == "module" and self.module is QATMLP:
+        # the sizes come from the data for QATMLP and its subclasses
+        if prefix == "module" and isinstance(self.module, type) and issubclass(self.module, QATMLP):
             params.setdefault("n_inputs", self.n_features_in_)
             params.setdefault("n_outputs", self.n_outputs_)
         return params

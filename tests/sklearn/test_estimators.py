@@ -13,6 +13,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
+from fheestimators.sklearn.qat_module import QATMLP
 from fheestimators.torch.compile import _build
 from fheestimators.sklearn.estimators import DEFAULT_P_ERROR
 
@@ -179,6 +180,17 @@ def test_output_layer_weight_bits_and_per_layer_widths(data):
     assert int(int_weights[-1].abs().max()) <= 4  # 3-bit signed: -4 to 3
     assert int(int_weights[0].abs().max()) > 4  # the hidden layers keep 6 bits
     assert np.mean(clf.predict(X, fhe="simulate") == clf.predict(X)) >= 0.9
+
+
+def test_a_qatmlp_subclass_gets_its_sizes_from_the_data(data):
+    class Wider(QATMLP):
+        pass
+
+    X, y = data
+    clf = NeuralNetClassifier(Wider, **SMALL).fit(X, y)
+    assert isinstance(clf.module_, Wider)
+    assert clf.module_.linear_layers[0].in_features == X.shape[1]
+    assert clf.module_.linear_layers[-1].out_features == 2
 
 
 @pytest.mark.parametrize("n_layers, hidden", [(2, [24]), (3, [24, 16]), (4, [24, 16, 16])])
