@@ -13,6 +13,7 @@ import numpy as np
 
 from .noise import noise_variances
 from .program import IntegerProgram
+from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH
 from .steps import TableLookup, bit_width
 
 BitsLike = Union[int, str]
@@ -121,9 +122,34 @@ def _choose_precision(step: TableLookup, x: np.ndarray, n_bits, program: Integer
     for target in targets:
         step.lsbs_to_remove, step.gain, step.shift = max(width - target, 0), None, None
         if step.lsbs_to_remove:
-            _align(step, x, width, variance)
+            _align_finest(step, x, width, variance)
         if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
             return
+
+
+def _align_finest(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None) -> None:
+    """``_align`` at the accumulator's width and up to ``FRACTIONAL_GAIN_BITS`` wider; keep the best.
+
+    An integer gain fills an element's share of the range only to between a half and all
+    of it. One more bit in the accumulator, removed again by the rounding, makes the
+    same integers act as halves (``gain / 2``), two as quarters, so more of the bins fall
+    where the element's values are. The one kept is the one under which the fewest
+    calibration values read another table entry than unrounded. Approximate rounding
+    only: exact rounding pays a bootstrap for every bit it removes.
+    """
+    removed = step.lsbs_to_remove
+    extras = FRACTIONAL_GAIN_BITS if step.exactness == "approximate" else 0
+    extras = max(min(extras, MAX_ACCUMULATOR_BIT_WIDTH - width), 0)
+    exact = step.function(x)
+    best = None
+    for extra in range(extras + 1):
+        step.lsbs_to_remove, step.gain, step.shift = removed + extra, None, None
+        # the bins are 2**extra times wider: so may the noise be, for the same share of a bin
+        _align(step, x, width + extra, variance, headroom=NOISE_HEADROOM * 4**extra)
+        errors = int(np.sum(step.numpy(x) != exact))
+        if best is None or errors < best[0]:
+            best = (errors, step.lsbs_to_remove, step.gain, step.shift)
+    _, step.lsbs_to_remove, step.gain, step.shift = best
 
 
 def _decisions(program: IntegerProgram, calibration: tuple) -> list[np.ndarray]:
@@ -151,11 +177,18 @@ def _changed(program: IntegerProgram, calibration: tuple, reference: list[np.nda
 # the keys of the uncapped circuits' cheaper half (complexity at most 1.10e10 over 8 seeds,
 # against up to 1.42e10 uncapped) at the same accuracy (94.74% against 94.77% on fresh points).
 NOISE_HEADROOM = 4.0
+# How many bits wider than needed approximate rounding may take an accumulator, so that
+# integer gains act as fractions (see ``_align_finest``). On the checkerboard estimator
+# (8 seeds, 8-bit activations) the first layer's lookups went from 78% to 94% of their
+# bins in use, and the simulated accuracy on fresh points from 95.16% to 95.20% (95.25%
+# to 95.29% in the clear), for 6% more complexity.
+FRACTIONAL_GAIN_BITS = 2
 # Shifts tried per element: all of them up to this many, evenly spread beyond.
 MAX_SHIFT_CANDIDATES = 64
 
 
-def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None) -> None:
+def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None,
+           headroom: Optional[float] = None) -> None:
     """Spread and shift each element of a rounded accumulator so rounding loses the least.
 
     Rounding keeps a fixed number of the accumulator tensor's most significant bits, so
@@ -174,10 +207,11 @@ def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.n
     The gain multiplies the element's encryption noise too. Given the noise ``variance``
     of each element (``noise.noise_variances``; ``apply_rounding`` gives it for approximate
     rounding), an element's gain stops where its noise variance would pass
-    ``NOISE_HEADROOM`` times the noisiest element's, so the keys concrete-python picks
+    ``headroom`` times the noisiest element's, so the keys concrete-python picks
     stay about those it needs without gains. (Uncapped, one small-weight neuron of the
     demo's network took a gain of 22 and made every bootstrap of the circuit 30% dearer.)
     """
+    headroom = NOISE_HEADROOM if headroom is None else headroom
     unit = 1 << step.lsbs_to_remove
     lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if x.min() < 0 else (0, (1 << width) - 1)
     exact = step.function(x)
@@ -187,7 +221,7 @@ def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.n
     room_low = np.where(per_low < 0, (lowest + unit // 2) / np.minimum(per_low, -1), np.inf)
     gain = np.clip(np.floor(np.minimum(room_high, room_low)), 1, unit)
     if variance is not None and variance.shape[1:] == per_low.shape[1:] and variance.max() > 0:
-        quiet = np.sqrt(NOISE_HEADROOM * variance.max() / np.maximum(variance, 1e-12))
+        quiet = np.sqrt(headroom * variance.max() / np.maximum(variance, 1e-12))
         gain = np.minimum(gain, np.maximum(np.floor(quiet), 1))
     gain = gain.astype(np.int64)
     step.gain = gain if np.any(gain > 1) else None

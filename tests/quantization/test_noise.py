@@ -66,12 +66,19 @@ def test_the_gain_stops_where_an_element_would_pass_the_noisiest_ones_noise():
     assert gains[1] == int(np.sqrt(NOISE_HEADROOM)) < gains[8]
 
 
-def _gains_within_headroom(module) -> bool:
+def _gains_within_headroom(module, n_bits: int) -> bool:
+    """Every gain within the cap, in units of its bin: a gain taken at ``extra`` more bits acts as gain / 2**extra."""
     variances = noise_variances(module.program)
+    widths = {step.output: width for step, width in module.program.step_bit_widths(*module._calibration_q)}
     gained = [step for step in module.program.table_lookups if step.gain is not None]
     assert gained, "no lookup took a gain: the network does not test the cap"
-    return all(np.all(step.gain.astype(float) ** 2 * variances[step.inputs[0]].reshape(step.gain.shape)
-                      <= NOISE_HEADROOM * variances[step.inputs[0]].max()) for step in gained)
+    within = []
+    for step in gained:
+        extra = step.lsbs_to_remove - max(widths[step.inputs[0]] - n_bits, 0)
+        effective = step.gain.astype(float) / 2**extra
+        variance = variances[step.inputs[0]]
+        within.append(np.all(effective**2 * variance.reshape(step.gain.shape) <= NOISE_HEADROOM * variance.max()))
+    return all(within)
 
 
 def test_compiled_networks_keep_every_gain_within_the_noise_headroom(monkeypatch):
@@ -81,10 +88,10 @@ def test_compiled_networks_keep_every_gain_within_the_noise_headroom(monkeypatch
         model[2].weight[0] *= 0.02  # one neuron with tiny weights: it would take a large gain
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(1))
     settings = dict(n_bits=5, rounding_threshold_bits=5)
-    assert _gains_within_headroom(compile_torch_model(model, x, **settings))
+    assert _gains_within_headroom(compile_torch_model(model, x, **settings), 5)
 
     # exact rounding keeps the gains free, as does a pass without the variances
     assert not _gains_within_headroom(
-        compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 5, "method": "exact"}))
+        compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 5, "method": "exact"}), 5)
     monkeypatch.setattr("fheestimators.quantization.rounding.noise_variances", lambda program: None)
-    assert not _gains_within_headroom(compile_torch_model(model, x, **settings))
+    assert not _gains_within_headroom(compile_torch_model(model, x, **settings), 5)
