@@ -39,9 +39,9 @@ logger = logging.getLogger(__name__)
 # points: 95.01% at complexity 9.8e9, against 94.84% at 1.02e10 with 7 bits at 0.02; 8
 # bits for the first layer and 7 for the others at 0.2 gave 94.99% at 9.2e9 but needed two
 # key sets (1.0 GB against 0.33 GB, keygen 7.5 s against 2.9 s).
-# benchmarks/rounding_tradeoff.py has more. With the 24-then-16 default (8 seeds on one
-# split): 95.13% at 0.63 s per encrypted sample, against 95.04% at 0.67 s for 7 bits at
-# 0.02. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
+# benchmarks/rounding_tradeoff.py has more. With the 24-then-16 default (6-bit activations
+# then; 8 seeds on one split): 95.13% at 0.63 s per encrypted sample, against 95.04% at
+# 0.67 s for 7 bits at 0.02. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
 DEFAULT_ROUNDING = {"n_bits": 8, "method": "approximate"}
 DEFAULT_P_ERROR = 0.3
 MAX_COMPILE_SAMPLES = 2000
