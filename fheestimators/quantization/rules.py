@@ -173,7 +173,7 @@ def _matmul(builder, node, value, weight, bias, left=False, transposed=False) ->
     # output channels: the columns of ``x @ weight``, the rows of ``weight @ x``
     q_weight, w_scale = builder.quantize_weights(weight, node, 0 if left else 1, channel_axis=0 if left else -1,
                                                  transposed=transposed)
-    if left:
+    if left and np.ndim(w_scale):  # one scale per row of the output
         w_scale = np.reshape(w_scale, (-1, 1))
     out = builder.add(MatMul(node.name, [x.source], builder.fresh(node.outputs[0]), weight=q_weight, left=left))
     return Encrypted(out, x.scale * w_scale, bias, origin=node.name)
