@@ -8,11 +8,12 @@ import numpy as np
 from concrete import fhe
 
 from ..fhe.artifacts import DebugArtifacts
-from ..fhe.compiler import compile_function
+from ..fhe.compiler import compile_function, default_configuration
 from ..fhe.execution import LookupNoise, run_encrypted
 from ..fhe.modes import FheMode
 from .program import IntegerProgram
 from .rounding import exact_fallback
+from .steps import bit_width
 from .report import LayerReport, layer_reports, format_report
 from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, MAX_TLU_BIT_WIDTH
 
@@ -36,6 +37,10 @@ class QuantizedModule:
         self.fhe_circuit: Optional[fhe.Circuit] = None
         self._calibration_q = calibration_q
         self._noise: Optional[LookupNoise] = None
+        #: per input, the lowest and highest integer the circuit was built (then compiled)
+        #: for; quantized inputs are clipped to them in every mode
+        self.input_ranges: Optional[list[tuple[int, int]]] = (
+            _input_ranges(calibration_q) if calibration_q is not None else None)
 
     # -- inputs and outputs ----------------------------------------------------
     @property
@@ -63,10 +68,22 @@ class QuantizedModule:
         return arrays
 
     def quantize_input(self, *x):
-        """Float inputs to the unsigned integers the circuit takes."""
-        arrays = self._check_float_inputs(x)
-        q = tuple(quantizer.quantize(a) for quantizer, a in zip(self.program.input_quantizers, arrays))
+        """Float inputs to the integers the circuit takes.
+
+        Values are clipped to the range of the integer type the circuit was compiled for
+        (the smallest holding the inputset's values), so that any finite input runs in
+        every mode, and the clear, simulated and encrypted runs see the same integers.
+        """
+        q = self._clip(self._quantize(self._check_float_inputs(x)))
         return q if len(q) > 1 else q[0]
+
+    def _quantize(self, arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return tuple(quantizer.quantize(a) for quantizer, a in zip(self.program.input_quantizers, arrays))
+
+    def _clip(self, q: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if self.input_ranges is None:
+            return tuple(q)
+        return tuple(np.clip(x, low, high) for x, (low, high) in zip(q, self.input_ranges))
 
     def dequantize_output(self, *q_y):
         """Integer outputs of the circuit to floats (applying the ops left for the client)."""
@@ -86,14 +103,15 @@ class QuantizedModule:
             if q.shape[1:] != tuple(shape):
                 raise ValueError(f"quantized input {i} has shape {q.shape}; expected (n_samples, {', '.join(map(str, shape))})")
             arrays.append(q.astype(np.int64))
-        return arrays
+        return list(self._clip(arrays))
 
     # -- running -----------------------------------------------------------------
     def quantized_forward(self, *q_x, fhe: str = "disable", progress: bool = False):
         """Run the integer program on quantized inputs; returns integer outputs."""
         mode = FheMode.parse(fhe)
         arrays = self._check_q_inputs(q_x)
-        if mode is FheMode.DISABLE:
+        if mode is FheMode.DISABLE or arrays[0].shape[0] == 0:
+            # an empty batch has nothing to encrypt; the clear run gives the outputs' shapes
             return self.program.run(*arrays)
         self.check_model_is_compiled()
         if mode is FheMode.SIMULATE:
@@ -131,8 +149,7 @@ class QuantizedModule:
     ) -> fhe.Circuit:
         """Compile the integer program to an FHE circuit, using ``inputs`` (float) as inputset."""
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-        q = self.quantize_input(*inputs)
-        q = q if isinstance(q, tuple) else (q,)
+        q = self._quantize(self._check_float_inputs(inputs))
         self.check_bit_widths()
         inputset = [tuple(x[i : i + 1] for x in q) for i in range(q[0].shape[0])]
 
@@ -162,10 +179,28 @@ class QuantizedModule:
                 RuntimeWarning, stacklevel=2,
             )
             self.fhe_circuit = compile_program()
+        self.input_ranges = _input_ranges(q)
         self._noise = None
+        # what compile_for_deployment needs to build the same circuit with compressed keys
+        self._compile_inputs = (inputset, configuration, dict(
+            p_error=p_error, global_p_error=global_p_error, inputs_encryption_status=inputs_encryption_status))
         if verbose:
             print(self.report())
         return self.fhe_circuit
+
+    def compile_for_deployment(self) -> fhe.Circuit:
+        """The same circuit, compiled with compressed evaluation keys and input ciphertexts.
+
+        Compression makes keys several times and inputs hundreds of times smaller, which is
+        what a client sends; it makes in-process key generation and runs slower, so the
+        circuit ``predict`` uses keeps the plain form. ``fhe_circuit`` is left unchanged.
+        """
+        self.check_model_is_compiled()
+        inputset, configuration, settings = self._compile_inputs
+        configuration = (configuration or default_configuration()).fork(
+            compress_evaluation_keys=True, compress_input_ciphertexts=True)
+        return compile_function(lambda *xs: self.program.run(*xs, backend="fhe"), inputset,
+                                n_inputs=self.n_inputs, configuration=configuration, **settings)
 
     @property
     def forward_fhe(self) -> fhe.Circuit:
@@ -209,6 +244,19 @@ class QuantizedModule:
         """The widest encrypted integer on the calibration data (what FHE parameters must hold)."""
         widths = [w for _, w in self.program.step_bit_widths(*self._calibration_q)] if self._calibration_q else []
         return max(widths + [r.accumulator_bits for r in self.layer_reports()], default=0)
+
+
+def _input_ranges(q: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """Per input, the range of the integer type concrete-python gives it for this inputset.
+
+    That type is the smallest holding the inputset's values (signed if one is negative);
+    a value beyond it cannot be encrypted for the circuit, every value within it can.
+    """
+    ranges = []
+    for x in q:
+        bits = bit_width(int(x.min()), int(x.max()))
+        ranges.append((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if x.min() < 0 else (0, (1 << bits) - 1))
+    return ranges
 
 
 def _to_numpy(x) -> np.ndarray:

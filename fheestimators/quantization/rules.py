@@ -7,7 +7,7 @@ from ..onnx.graph import Node
 from ..onnx.ops import OPS
 from .builder import Builder, rule
 from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape
-from .values import Encrypted
+from .values import Dequantize, ElementwiseOp, Encrypted
 
 # Element-wise ops: on values derived from a single encrypted tensor they fold into a lookup.
 ELEMENTWISE = (
@@ -75,13 +75,9 @@ def elementwise(builder: Builder, node: Node, args: list) -> list:
     if folded is not None:
         return [folded]
     # the lookup reads the source integers; each argument dequantizes them its own way
-    dequantizers = [a.dequantize if isinstance(a, Encrypted) else None for a in args]
-    op, attrs = OPS[node.op_type], node.attrs
-
-    def composed(q):
-        inputs = [deq(q) if deq is not None else const for deq, const in zip(dequantizers, consts)]
-        return op(*inputs, **attrs)
-
+    operands = [Dequantize(a.scale, a.offset, a.fn) if isinstance(a, Encrypted) else const
+                for a, const in zip(args, consts)]
+    composed = ElementwiseOp(node.op_type, dict(node.attrs), operands)
     return [Encrypted(first.source, 1.0, 0.0, fn=composed, ops=first.ops + (node.op_type,), origin=first.origin)]
 
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
+
+from ..onnx.ops import OPS
 
 
 @dataclass
@@ -42,6 +44,37 @@ class Encrypted:
     @property
     def affine(self) -> bool:
         return self.fn is None
+
+
+@dataclass
+class Dequantize:
+    """``fn(scale * q + offset)``: how one operand of an element-wise op reads the integers."""
+
+    scale: np.ndarray
+    offset: np.ndarray
+    fn: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        values = self.scale * q + self.offset
+        return values if self.fn is None else np.asarray(self.fn(values), dtype=np.float64)
+
+
+@dataclass
+class ElementwiseOp:
+    """An element-wise ONNX op on values read from one integer tensor.
+
+    Data rather than a closure, so that the ops left for the client after the last
+    lookup can be written to a deployment artefact and read back without pickle.
+    ``operands`` holds a ``Dequantize`` per encrypted operand and the constants as arrays.
+    """
+
+    op_type: str
+    attrs: dict
+    operands: list[Any]
+
+    def __call__(self, q: np.ndarray) -> np.ndarray:
+        inputs = [operand(q) if isinstance(operand, Dequantize) else operand for operand in self.operands]
+        return OPS[self.op_type](*inputs, **self.attrs)
 
 
 def _compact(array: np.ndarray) -> np.ndarray:

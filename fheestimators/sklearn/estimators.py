@@ -50,6 +50,13 @@ FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "rand
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from logits, row by row (shared with the deployment client)."""
+    logits = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """Train on one thread: these networks are too small to gain from more, and on a busy
@@ -399,10 +406,7 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
             If ``X`` has the wrong number of features or holds NaN or inf, or if
             ``fhe`` is not one of the three modes.
         """
-        logits = self._fhe_forward(X, fhe)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(self._fhe_forward(X, fhe))
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
         """Predicted labels; see ``predict_proba`` for the parameters and errors.

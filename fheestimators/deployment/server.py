@@ -1,0 +1,102 @@
+"""``Server``: runs the circuit on ciphertexts with a client's evaluation keys; holds no secret."""
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Union
+
+from concrete import fhe
+
+from . import container
+from .artifacts import SERVER_FILE, PathLike, read_artifact, read_server_header
+from .container import PayloadError
+from .wire import pack_values, unpack_values
+
+
+class Server:
+    """The compute side of a deployed model: ciphertexts in, ciphertexts out.
+
+    Parameters
+    ----------
+    path_or_zip : str or os.PathLike
+        The folder written by ``save`` or its ``server.zip``.
+    max_samples : int, default=1024
+        The most samples one ``run`` takes.
+
+    Notes
+    -----
+    Evaluation keys are checked (model fingerprint and exact size) before concrete-python
+    reads them: keys of another circuit can crash the process inside concrete-python
+    instead of raising. The last few deserialized key sets are kept in memory, because
+    reading a key set of hundreds of MB takes seconds.
+    """
+
+    def __init__(self, path_or_zip: PathLike, max_samples: int = 1024, n_workers: Optional[int] = None):
+        path = read_artifact(path_or_zip, SERVER_FILE)
+        self.header = read_server_header(path)
+        self.fingerprint: str = self.header["fingerprint"]
+        self.max_samples = max_samples
+        self.n_workers = n_workers or os.cpu_count() or 1
+        self._server = fhe.Server.load(path)
+        self._keys: OrderedDict[bytes, fhe.EvaluationKeys] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check_client(self, client_fingerprint: str) -> None:
+        """Refuse a client artefact saved with another model than this server's."""
+        if client_fingerprint != self.fingerprint:
+            raise PayloadError(f"the client artefact is for model {client_fingerprint[:12]}..., this server runs "
+                               f"{self.fingerprint[:12]}...: use the client.zip saved with this server.zip")
+
+    def load_evaluation_keys(self, data: bytes) -> fhe.EvaluationKeys:
+        """Evaluation keys from ``Client.evaluation_keys()``, checked to be this model's."""
+        _, members = container.unpack(data, "evaluation_keys", self.fingerprint,
+                                      max_bytes=self.header["evaluation_keys_bytes"] + (1 << 20))
+        keys = members.get("keys", b"")
+        expected = self.header["evaluation_keys_bytes"]
+        if len(keys) != expected:
+            raise PayloadError(f"the evaluation keys have {len(keys)} bytes where this model's have {expected}: "
+                               "they were made for another model or are damaged")
+        try:
+            return fhe.EvaluationKeys.deserialize(keys)
+        except RuntimeError as error:
+            raise PayloadError(f"the evaluation keys are damaged ({str(error).splitlines()[0]})") from None
+
+    def _cached_keys(self, data: bytes) -> fhe.EvaluationKeys:
+        # the payload's own bytes identify it: equal bytes, equal keys
+        with self._lock:
+            keys = self._keys.get(data)
+            if keys is not None:
+                self._keys.move_to_end(data)
+                return keys
+        keys = self.load_evaluation_keys(data)
+        with self._lock:
+            self._keys[data] = keys
+            while len(self._keys) > 4:
+                self._keys.popitem(last=False)
+        return keys
+
+    def run(self, encrypted: bytes, evaluation_keys: Union[bytes, fhe.EvaluationKeys]) -> bytes:
+        """Run the circuit on every sample of ``encrypted`` (from ``Client.encrypt``).
+
+        Returns the encrypted outputs for ``Client.decrypt``. Raises ``PayloadError`` (a
+        ``ValueError``) for bytes that are not this model's ciphertexts or keys.
+        """
+        keys = evaluation_keys if isinstance(evaluation_keys, fhe.EvaluationKeys) else self._cached_keys(evaluation_keys)
+        samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
+                                sizes=self.header["input_bytes"], max_samples=self.max_samples)
+
+        def one(values: list[bytes]) -> list[bytes]:
+            try:
+                args = [fhe.Value.deserialize(value) for value in values]
+                result = self._server.run(*args, evaluation_keys=keys)
+            except (RuntimeError, ValueError) as error:
+                raise PayloadError(f"the ciphertexts are not this model's ({str(error).splitlines()[0]})") from None
+            results = result if isinstance(result, tuple) else (result,)
+            return [value.serialize() for value in results]
+
+        # concrete-python's runtime releases the GIL: samples run side by side
+        with ThreadPoolExecutor(max(1, min(self.n_workers, len(samples)))) as pool:
+            outputs = list(pool.map(one, samples))
+        return pack_values("outputs", self.fingerprint, outputs)

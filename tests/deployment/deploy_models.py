@@ -1,0 +1,14 @@
+"""The small models of the deployment tests: few neurons, exact rounding, negligible p_error,
+so that encrypted results equal ``predict`` exactly and a run takes well under a second."""
+from __future__ import annotations
+
+import numpy as np
+
+SMALL = dict(max_epochs=3, module__n_hidden=4, module__n_w_bits=3, module__n_a_bits=3,
+             rounding_threshold_bits={"n_bits": 4, "method": "exact"}, p_error=1e-9, random_state=0)
+
+
+def two_feature_data(n: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, 2)).astype(np.float32)
+    return X, np.where(X[:, 0] > X[:, 1], "above", "below")
