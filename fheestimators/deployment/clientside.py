@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
+from scipy.special import softmax
 
 from ..quantization.module import QuantizedModule
 from ..quantization.program import IntegerProgram
-from ..sklearn.estimators import softmax
 from . import encoding
 
 KINDS = ("classifier", "regressor", "module")
@@ -80,7 +80,7 @@ class ClientModel:
     def predict_proba(self, q_outputs: tuple[np.ndarray, ...]) -> np.ndarray:
         if self.kind != "classifier":
             raise AttributeError(f"a {self.kind} has no predict_proba: it predicts values, use predict")
-        return softmax(self.dequantize(q_outputs))
+        return softmax(self.dequantize(q_outputs), axis=1)
 
     # -- artefact -----------------------------------------------------------------
     def to_bytes(self) -> dict[str, bytes]:
