@@ -1,24 +1,53 @@
-"""fheestimators: neural networks trained with scikit-learn's API, run on encrypted data."""
-from .fhe.artifacts import DebugArtifacts
-from .datasets import make_checkerboard
-from .quantization.module import QuantizedModule
-from .sklearn import NeuralNetClassifier, NeuralNetRegressor, load
-from .torch.compile import (
-    build_quantized_module,
-    compile_brevitas_qat_model,
-    compile_onnx_model,
-    compile_torch_model,
-)
+"""fheestimators: neural networks trained with scikit-learn's API, run on encrypted data.
 
-__all__ = [
-    "DebugArtifacts",
-    "NeuralNetClassifier",
-    "NeuralNetRegressor",
-    "QuantizedModule",
-    "build_quantized_module",
-    "compile_brevitas_qat_model",
-    "compile_onnx_model",
-    "compile_torch_model",
-    "load",
-    "make_checkerboard",
-]
+The public names load on first use (PEP 562), so that a process which only deploys a
+saved model (``fheestimators serve``, a client) does not import torch, Brevitas and skorch.
+"""
+import importlib
+import warnings
+from typing import TYPE_CHECKING
+
+# Notices of third-party imports that users cannot act on, matched by message and module.
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning, module="concrete")
+warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found", category=UserWarning,
+                        module="brevitas")
+
+from . import fhe  # noqa: E402  (first: a process that runs a circuit keeps its exit status)
+
+_PUBLIC = {
+    "DebugArtifacts": ".fhe.artifacts",
+    "NeuralNetClassifier": ".sklearn",
+    "NeuralNetRegressor": ".sklearn",
+    "QuantizedModule": ".quantization.module",
+    "build_quantized_module": ".torch.compile",
+    "compile_brevitas_qat_model": ".torch.compile",
+    "compile_onnx_model": ".torch.compile",
+    "compile_torch_model": ".torch.compile",
+    "load": ".sklearn",
+    "make_checkerboard": ".datasets",
+}
+__all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
+    from .datasets import make_checkerboard
+    from .fhe.artifacts import DebugArtifacts
+    from .quantization.module import QuantizedModule
+    from .sklearn import NeuralNetClassifier, NeuralNetRegressor, load
+    from .torch.compile import (
+        build_quantized_module,
+        compile_brevitas_qat_model,
+        compile_onnx_model,
+        compile_torch_model,
+    )
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fheestimators' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value  # loaded once
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_PUBLIC))

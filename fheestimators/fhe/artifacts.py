@@ -29,6 +29,10 @@ class DebugArtifacts:
         self.output_directory.mkdir(parents=True, exist_ok=True)
         if self.onnx_model is not None:
             onnx.save(self.onnx_model, str(self.output_directory / "model.onnx"))
+            # which torch exporter wrote the graph, when fheestimators exported it
+            exporter = {p.key: p.value for p in self.onnx_model.metadata_props}.get("fheestimators.exporter")
+            if exporter is not None:
+                (self.output_directory / "exporter.txt").write_text(exporter + "\n")
         if self.quantized_graph is not None:
             (self.output_directory / "quantized_graph.txt").write_text(self.quantized_graph)
         if self.mlir is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+from numbers import Real
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -41,6 +42,9 @@ def compile_function(
         raise ValueError("at least one input must be encrypted")
     if p_error is not None and global_p_error is not None:
         raise ValueError("set p_error or global_p_error, not both")
+    for name, value in (("p_error", p_error), ("global_p_error", global_p_error)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, Real) or not 0 < value < 1):
+            raise ValueError(f"{name}={value!r} is not a probability in (0, 1): use for instance 0.01")
     names = [f"x{i}" for i in range(n_inputs)]
 
     def circuit_function(**kwargs):

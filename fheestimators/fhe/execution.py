@@ -1,6 +1,7 @@
 """Encrypted execution and batched simulation of a compiled circuit."""
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from statistics import NormalDist
@@ -70,12 +71,19 @@ class LookupNoise:
         self.sigma = 0.5 / -NormalDist().inv_cdf(self.p_error / 2) if self.p_error > 0 else 0.0
         self.bit_widths = dict(bit_widths or {})
         self.rng = np.random.default_rng(seed)
+        self._row_keys: Optional[np.ndarray] = None
 
     @classmethod
     def from_circuit(cls, circuit: fhe.Circuit, seed: Optional[int] = None) -> "LookupNoise":
-        """The noise of ``circuit``'s bootstraps, with the bit-width of each lookup's input."""
+        """The noise of ``circuit``'s bootstraps, with the bit-width of each table's input.
+
+        Each lookup has a tag of its own (``step.tag``); within it, exact rounding adds
+        bootstraps of its own on the wider accumulator, so only the table read counts.
+        """
         bit_widths: dict[str, int] = {}
         for node in circuit.graph.query_nodes(custom_filter=lambda n: n.converted_to_table_lookup):
+            if node.properties.get("name") == "round_bit_pattern":
+                continue
             preds = circuit.graph.ordered_preds_of(node)
             width = max((p.output.dtype.bit_width for p in preds if p.output.is_encrypted), default=None)
             if width is not None:
@@ -84,6 +92,22 @@ class LookupNoise:
 
     def reseed(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
+
+    def for_rows(self, q_inputs: Sequence[np.ndarray], random_state: int = 0) -> "LookupNoise":
+        """Draw from the rows' own values: a row gets the same draws wherever it stands in a batch.
+
+        Without it, draws come from one generator in batch order (``reseed``).
+        """
+        self._row_keys = _row_keys(q_inputs, random_state)
+        return self
+
+    @np.errstate(over="ignore")
+    def _standard_normal(self, step, shape: tuple) -> np.ndarray:
+        if self._row_keys is None or shape[0] != len(self._row_keys):
+            return self.rng.standard_normal(shape)
+        elements = np.arange(int(np.prod(shape[1:], dtype=np.int64)), dtype=np.uint64)
+        keys = _mix(self._row_keys[:, None] ^ _mix(np.uint64(_string_key(step.tag)) + elements * _GOLDEN))
+        return _gaussian(keys).reshape(shape)
 
     def __call__(self, step, x: np.ndarray) -> np.ndarray:
         """The rounded input the table reads, from the lookup's spread input ``x``."""
@@ -94,9 +118,9 @@ class LookupNoise:
         else:
             position = step.round(x) // unit + 0.5
         if self.sigma > 0:
-            position = position + self.sigma * self.rng.standard_normal(np.shape(x))
+            position = position + self.sigma * self._standard_normal(step, np.shape(x))
         x = np.floor(position).astype(np.int64) * unit
-        width = self.bit_widths.get(step.name)
+        width = self.bit_widths.get(step.tag)
         if width is not None:
             low, high = step.input_bounds
             if low < 0:
@@ -105,3 +129,40 @@ class LookupNoise:
             else:
                 x = x % (1 << width)
         return x
+
+
+# Counter-based draws (splitmix64's finalizer): a draw is a function of its row, lookup and
+# element, so it does not depend on what else is in the batch. uint64 arithmetic wraps.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@np.errstate(over="ignore")
+def _mix(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.uint64)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _string_key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+@np.errstate(over="ignore")
+def _row_keys(q_inputs: Sequence[np.ndarray], random_state: int) -> np.ndarray:
+    """One 64-bit key per row, from the row's integers and ``random_state``."""
+    n = q_inputs[0].shape[0]
+    keys = np.full(n, _mix(np.uint64(_string_key(f"rows:{int(random_state)}"))), dtype=np.uint64)
+    for x in q_inputs:
+        columns = np.ascontiguousarray(np.asarray(x, dtype=np.int64).reshape(n, -1)).view(np.uint64)
+        for j in range(columns.shape[1]):
+            keys = _mix(keys ^ (columns[:, j] + np.uint64(j + 1) * _GOLDEN))
+    return keys
+
+
+def _gaussian(keys: np.ndarray) -> np.ndarray:
+    """Standard normal draws from 64-bit keys (Box-Muller on two uniforms per key)."""
+    scale = 2.0 ** -53
+    u1 = ((_mix(keys) >> np.uint64(11)).astype(np.float64) + 1.0) * scale  # in (0, 1]
+    u2 = (_mix(keys ^ _GOLDEN) >> np.uint64(11)).astype(np.float64) * scale
+    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)

@@ -37,6 +37,9 @@ class QuantizedModule:
         self.fhe_circuit: Optional[fhe.Circuit] = None
         self._calibration_q = calibration_q
         self._noise: Optional[LookupNoise] = None
+        #: (bits, pruning, rounding) advice for too wide a layer, in the terms of the function
+        #: that built the module (compile_torch_model's n_bits, an estimator's module__n_w_bits)
+        self.overflow_hint: Optional[tuple[str, str, str]] = None
         #: per input, the lowest and highest integer the circuit was built (then compiled)
         #: for; quantized inputs are clipped to them in every mode
         self.input_ranges: Optional[list[tuple[int, int]]] = (
@@ -106,8 +109,13 @@ class QuantizedModule:
         return list(self._clip(arrays))
 
     # -- running -----------------------------------------------------------------
-    def quantized_forward(self, *q_x, fhe: str = "disable", progress: bool = False):
-        """Run the integer program on quantized inputs; returns integer outputs."""
+    def quantized_forward(self, *q_x, fhe: str = "disable", progress: bool = False, random_state: int = 0):
+        """Run the integer program on quantized inputs; returns integer outputs.
+
+        ``random_state`` seeds the simulation's draws of the bootstraps' mistakes. A row's
+        draws depend on its values and the seed only, not on the rest of the batch, so a
+        sample simulates the same alone or among others.
+        """
         mode = FheMode.parse(fhe)
         arrays = self._check_q_inputs(q_x)
         if mode is FheMode.DISABLE or arrays[0].shape[0] == 0:
@@ -117,15 +125,14 @@ class QuantizedModule:
         if mode is FheMode.SIMULATE:
             if self._noise is None:
                 self._noise = LookupNoise.from_circuit(self.fhe_circuit)
-            self._noise.reseed(0)  # the same inputs give the same simulated outputs
-            return self.program.run(*arrays, round_lookup=self._noise)
+            return self.program.run(*arrays, round_lookup=self._noise.for_rows(arrays, random_state))
         return run_encrypted(self.fhe_circuit, arrays, progress=progress)
 
-    def forward(self, *x, fhe: str = "disable", progress: bool = False):
+    def forward(self, *x, fhe: str = "disable", progress: bool = False, random_state: int = 0):
         """Float in, float out: quantize in the clear, run in the chosen mode, dequantize."""
         q_x = self.quantize_input(*x)
         q_x = q_x if isinstance(q_x, tuple) else (q_x,)
-        q_y = self.quantized_forward(*q_x, fhe=fhe, progress=progress)
+        q_y = self.quantized_forward(*q_x, fhe=fhe, progress=progress, random_state=random_state)
         return self.dequantize_output(*(q_y if isinstance(q_y, tuple) else (q_y,)))
 
     __call__ = forward
@@ -191,9 +198,9 @@ class QuantizedModule:
     def compile_for_deployment(self) -> fhe.Circuit:
         """The same circuit, compiled with compressed evaluation keys and input ciphertexts.
 
-        Compression makes keys several times and inputs hundreds of times smaller, which is
-        what a client sends; it makes in-process key generation and runs slower, so the
-        circuit ``predict`` uses keeps the plain form. ``fhe_circuit`` is left unchanged.
+        Compression makes the keys and inputs a client sends several and hundreds of times
+        smaller; the first run after key generation then pays seconds to expand the keys,
+        so the circuit ``predict`` uses keeps the plain form. ``fhe_circuit`` is unchanged.
         """
         self.check_model_is_compiled()
         inputset, configuration, settings = self._compile_inputs
@@ -214,22 +221,23 @@ class QuantizedModule:
 
     def check_bit_widths(self) -> None:
         """Fail before concrete is called if a lookup would be wider than FHE allows."""
+        bits, pruning, rounding = self.overflow_hint or (
+            "lower the weight and activation bit-widths", "prune the weights", "set rounding_threshold_bits")
         for report in self.layer_reports():
             if report.lookup_bits is not None and report.lookup_bits > MAX_TLU_BIT_WIDTH:
                 raise ValueError(
                     f"layer {report.name!r} needs a {report.lookup_bits}-bit table lookup "
                     f"(accumulator range {report.accumulator_range}); the limit is "
-                    f"{MAX_TLU_BIT_WIDTH} bits: lower n_bits, prune weights (max_non_zero) or "
-                    "set rounding_threshold_bits"
+                    f"{MAX_TLU_BIT_WIDTH} bits: {rounding}, {bits}, or {pruning}"
                 )
         if self._calibration_q is None:
             return
         for step, width in self.program.step_bit_widths(*self._calibration_q):
             if width > MAX_ACCUMULATOR_BIT_WIDTH:
+                # rounding comes after the accumulator: only fewer bits or fewer terms shrink it
                 raise ValueError(
                     f"layer {step.name!r} produces {width}-bit integers on the inputset; FHE "
-                    f"supports up to {MAX_ACCUMULATOR_BIT_WIDTH} bits: lower the weight or "
-                    "activation bit-widths of this layer or prune its weights (max_non_zero)"
+                    f"supports up to {MAX_ACCUMULATOR_BIT_WIDTH} bits: {bits}, or {pruning}"
                 )
 
     def layer_reports(self) -> list[LayerReport]:

@@ -81,5 +81,5 @@ class IntegerProgram:
 def _traced(step: Step, args):
     from concrete import fhe
 
-    with fhe.tag(step.name):
+    with fhe.tag(step.tag if isinstance(step, TableLookup) else step.name):
         return step.fhe(*args)

@@ -154,6 +154,11 @@ class TableLookup(Step):
     shift: np.ndarray = None
 
     @property
+    def tag(self) -> str:
+        """The circuit's tag of this lookup: its own, since several lookups can share a layer's name."""
+        return f"{self.name}#{self.output}"
+
+    @property
     def n_elements(self) -> int:
         """Bootstraps per sample: one per element."""
         return int(np.prod(self.sample_shape))

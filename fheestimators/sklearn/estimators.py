@@ -7,16 +7,18 @@ import inspect
 import logging
 import os
 import pickle
+import warnings
 from typing import Iterator, Optional, Union
 
 import numpy as np
 import skorch
 import torch
+from scipy.special import softmax
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..fhe.modes import FheMode
-from ..torch.compile import compile_brevitas_qat_model
+from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_advice
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
 from .pruning import PruneWeights
 from .qat_module import QATMLP
@@ -31,30 +33,32 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Accumulators rounded to 8 bits before each lookup, each lookup erring with probability
-# 0.3. A lookup's error reads a neighbouring entry, which costs less accuracy than a bit
-# of rounding does (most of all in the first layer, where rounding acts like coarser
-# inputs), and at 0.3 an 8-bit lookup gets the keys of a 7-bit one at 0.02. Mean of 8
-# training seeds of the 16-and-16 network, simulated accuracy on 50,000 fresh checkerboard
-# points: 95.01% at complexity 9.8e9, against 94.84% at 1.02e10 with 7 bits at 0.02; 8
-# bits for the first layer and 7 for the others at 0.2 gave 94.99% at 9.2e9 but needed two
-# key sets (1.0 GB against 0.33 GB, keygen 7.5 s against 2.9 s).
-# benchmarks/rounding_tradeoff.py has more. With the 24-then-16 default (6-bit activations
-# then; 8 seeds on one split): 95.13% at 0.63 s per encrypted sample, against 95.04% at
-# 0.67 s for 7 bits at 0.02. The simulation draws the lookups' mistakes, so its accuracy is the encrypted one.
+# 8 bits at a loose p_error beat 7 bits at a strict one: more accurate, for a little less
+# FHE work (docs/design-notes.md, "Estimator defaults", has the measurements)
 DEFAULT_ROUNDING = {"n_bits": 8, "method": "approximate"}
 DEFAULT_P_ERROR = 0.3
 MAX_COMPILE_SAMPLES = 2000
+# what a user of the estimators can change when a layer is too wide for FHE
+OVERFLOW_HINT = OverflowHint(
+    bits="lower module__n_w_bits / module__n_a_bits",
+    pruning="prune with module__max_non_zero (or module__n_accum_bits)",
+    rounding="round accumulators with rounding_threshold_bits (e.g. the default, 8 bits)",
+)
 # settings of the FHE estimators that a float network has no use for
 FHE_ONLY_PARAMS = ("rounding_threshold_bits", "p_error", "global_p_error", "random_state")
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Class probabilities from logits, row by row (shared with the deployment client)."""
-    logits = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    return probs / probs.sum(axis=1, keepdims=True)
+def _far_features(low: np.ndarray, high: np.ndarray, data_min: np.ndarray, data_max: np.ndarray) -> np.ndarray:
+    """Indices of the features whose range ``[low, high]`` is far from ``[data_min, data_max]``.
+
+    Far: the two ranges do not overlap, or ``[low, high]`` reaches beyond the other on
+    either side by more than the other's width.
+    """
+    width = data_max - data_min
+    disjoint = (high < data_min) | (low > data_max)
+    beyond = (low < data_min - width) | (high > data_max + width)
+    return np.flatnonzero(disjoint | beyond)
 
 
 @contextlib.contextmanager
@@ -84,17 +88,14 @@ class FheMixin:
         criterion,
         optimizer=torch.optim.Adam,
         lr=0.02,
-        # 300 rather than 150 for the default 24-then-16 network: on the checkerboard data
-        # (8 seeds), 95.13% simulated on fresh points with no seed under 94.9%, against 95.08%
-        # at 200 epochs with one seed at 94.6%; twice the training time (67 s for 9,500 points)
+        # 300 rather than 150 or 200: with fewer, some training seeds fall behind (design notes)
         max_epochs=300,
-        # 128 rather than 256: twice the steps for 1.7x the training time; on the checkerboard
-        # data, simulated accuracy on fresh points 94.84% against 94.62% (mean over 8 seeds)
+        # 128 rather than 256: more steps, a little more accurate for 1.7x the time (design notes)
         batch_size=128,
         train_split=None,
         verbose=0,
         rounding_threshold_bits=DEFAULT_ROUNDING,
-        p_error=None,
+        p_error=DEFAULT_P_ERROR,
         global_p_error=None,
         random_state=None,
         **kwargs,
@@ -119,6 +120,44 @@ class FheMixin:
         # skorch lists its private ``_params_to_validate`` set among the parameters, and
         # ``set_params`` on it would replace the set by any value and break the estimator
         return [name for name in super()._get_param_names() if name != "_params_to_validate"]
+
+    def get_params(self, deep=True, **kwargs):
+        """The estimator's parameters; with ``deep``, also those of its module and callbacks.
+
+        As scikit-learn lists a nested estimator's parameters, ``deep`` lists the module's
+        (``module__n_hidden``, ``module__n_w_bits``, ...) with the defaults ``fit`` builds
+        it with, and each callback's (``callbacks__prune__max_non_zero``, ...); the keys
+        are the same before and after ``fit``.
+        """
+        params = super().get_params(deep=deep, **kwargs)
+        return {**self._module_defaults(), **params} if deep else params
+
+    def _module_defaults(self) -> dict:
+        """``module__<name>`` for each argument of the module class that has a default."""
+        if not isinstance(self.module, type):
+            return {}  # an instance: already built, it takes no arguments
+        try:
+            arguments = inspect.signature(self.module).parameters.values()
+        except (TypeError, ValueError):  # a class whose signature Python cannot read
+            return {}
+        keywords = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {f"module__{arg.name}": arg.default for arg in arguments
+                if arg.kind in keywords and arg.default is not inspect.Parameter.empty}
+
+    def _get_params_callbacks(self, deep=True):
+        # skorch lists the callbacks fit built, and before fit only its own defaults, each
+        # with its class defaults: list every callback as fit will set it up, at any time
+        if not deep or self.callbacks == "disable":
+            return {}
+        params = {}
+        for name, callback in self._uniquely_named_callbacks():
+            key = f"callbacks__{name}"
+            callback = vars(self).get(key, callback)  # replaced by callbacks__<name>=...
+            params[key] = callback
+            if callback is not None and not isinstance(callback, type):
+                params.update({f"{key}__{arg}": value for arg, value in callback.get_params().items()})
+            params.update({f"{key}__{arg}": value for arg, value in self.get_params_for(key).items()})
+        return params
 
     @contextlib.contextmanager
     def _torch_seed(self) -> Iterator[None]:
@@ -157,12 +196,21 @@ class FheMixin:
 
     def _train(self, X, y, restart: bool, classes=None, **fit_params):
         restart = restart or not (self.initialized_ and hasattr(self, "n_features_in_"))
+        settings = self._compile_settings()  # checked before training, not after
         X, y = self._training_data(X, y, reset=restart, classes=classes)
+        self._record_data_range(X, reset=restart)
         with self._torch_seed(), _one_torch_thread():
             if restart:
                 self.initialize()
             super().partial_fit(X, y, **fit_params)
-        return self._compile(X, self._compile_settings())
+        return self._compile(X, settings)
+
+    def _record_data_range(self, X: np.ndarray, reset: bool) -> None:
+        """Per feature, the lowest and highest training value: ``data_min_`` and ``data_max_``."""
+        low, high = X.min(axis=0), X.max(axis=0)
+        if not reset:  # partial_fit: the network has seen the earlier data too
+            low, high = np.minimum(low, self.data_min_), np.maximum(high, self.data_max_)
+        self.data_min_, self.data_max_ = low, high
 
     def fit_benchmark(self, X, y, **fit_params):
         """Fit this estimator and its float twin: the same network without quantization.
@@ -250,27 +298,75 @@ class FheMixin:
         """torch.compile is not used: ``compile`` here means compiling to FHE."""
         return module
 
-    def get_default_callbacks(self):
-        return [*super().get_default_callbacks(), ("prune", PruneWeights()), ("one_cycle", OneCycle())]
+    @property
+    def _default_callbacks(self):
+        # where skorch's nets declare their defaults (the classifier its valid_acc): fit,
+        # set_params and get_params all find them here, before fit as after
+        return [*super()._default_callbacks, ("prune", PruneWeights()), ("one_cycle", OneCycle())]
 
     def compile(self, X, configuration=None, p_error: Optional[float] = None,
                 global_p_error: Optional[float] = None, rounding_threshold_bits="default", verbose: bool = False):
-        """(Re)compile the trained network to FHE with ``X`` as inputset."""
+        """(Re)compile the trained network to FHE with ``X`` as inputset.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Data as the estimator was trained on: in a ``Pipeline``, transformed by the
+            steps before it (``pipe[-1].compile(pipe[:-1].transform(X))``). Its first
+            2000 rows are used.
+        configuration : concrete.fhe.Configuration, optional
+            Compiler settings.
+        p_error, global_p_error : float, optional
+            An error probability given here replaces the estimator's (give at most one).
+        rounding_threshold_bits : "default", None, int, sequence or dict
+            "default" keeps the estimator's ``rounding_threshold_bits``.
+        verbose : bool
+            Print the per-layer report.
+
+        Returns
+        -------
+        self
+
+        Warns
+        -----
+        UserWarning
+            If a feature of ``X`` is far from its range in the training data: its range
+            and the training one do not overlap, or it reaches beyond the training range
+            by more than the training range's width. Raw data given to an estimator
+            trained behind a scaler does this.
+        """
         check_is_fitted(self, "module_")
+        X = self._check_X(X)
+        self._warn_if_far_from_training(X)
         settings = self._compile_settings(configuration, p_error, global_p_error, rounding_threshold_bits)
-        return self._compile(self._check_X(X), settings, verbose=verbose)
+        return self._compile(X, settings, verbose=verbose)
+
+    def _warn_if_far_from_training(self, X: np.ndarray) -> None:
+        if not hasattr(self, "data_min_"):
+            return  # saved by a version that did not record the training range
+        far = _far_features(X.min(axis=0), X.max(axis=0), self.data_min_, self.data_max_)
+        if far.size == 0:
+            return
+        names = getattr(self, "feature_names_in_", range(X.shape[1]))
+        first = far[0]
+        warnings.warn(
+            f"the X given to compile is far from the training data of {type(self).__name__} in "
+            f"feature(s) {', '.join(str(names[i]) for i in far)} (feature {names[first]} spans "
+            f"[{X[:, first].min():.4g}, {X[:, first].max():.4g}], against [{self.data_min_[first]:.4g}, "
+            f"{self.data_max_[first]:.4g}] in fit): compile on data prepared as for fit; in a Pipeline, "
+            "transform X with the pipeline's preceding steps: pipe[-1].compile(pipe[:-1].transform(X))",
+            UserWarning, stacklevel=3,
+        )
 
     def _compile_settings(self, configuration=None, p_error=None, global_p_error=None,
                           rounding_threshold_bits="default") -> dict:
         """The estimator's compilation settings, with those given here taking precedence.
 
         An error probability given here (``p_error`` or ``global_p_error``) replaces the
-        estimator's; with none set anywhere, each lookup gets ``DEFAULT_P_ERROR``.
+        estimator's.
         """
         if p_error is None and global_p_error is None:
-            p_error, global_p_error = self.p_error, self.global_p_error
-            if p_error is None and global_p_error is None:
-                p_error = DEFAULT_P_ERROR
+            p_error, global_p_error = self._error_probabilities()
         return dict(
             configuration=configuration,
             rounding_threshold_bits=(self.rounding_threshold_bits if rounding_threshold_bits == "default"
@@ -279,12 +375,25 @@ class FheMixin:
             global_p_error=global_p_error,
         )
 
+    def _error_probabilities(self) -> tuple:
+        """``(p_error, global_p_error)`` to compile with; a ``global_p_error`` replaces the default p_error."""
+        if self.global_p_error is None:
+            return self.p_error, None
+        if self.p_error is not None and self.p_error != DEFAULT_P_ERROR:
+            raise ValueError(
+                f"p_error={self.p_error!r} and global_p_error={self.global_p_error!r} are both set: "
+                "give one of them (set p_error=None to bound the whole circuit with global_p_error)"
+            )
+        return None, self.global_p_error
+
     def _compile(self, X: np.ndarray, settings: dict, verbose: bool = False):
         # a bounded inputset and the settings, kept so that unpickling rebuilds the same circuit
         self.compile_inputset_ = X[:MAX_COMPILE_SAMPLES]
         self.compile_settings_ = settings
         self.module_.eval()
-        self.quantized_module_ = compile_brevitas_qat_model(self.module_, self.compile_inputset_, verbose=verbose, **settings)
+        with overflow_advice(OVERFLOW_HINT):
+            self.quantized_module_ = compile_brevitas_qat_model(self.module_, self.compile_inputset_,
+                                                                verbose=verbose, **settings)
         return self
 
     @property
@@ -299,7 +408,10 @@ class FheMixin:
         execute = mode is FheMode.EXECUTE
         if execute and not self._has_keys():
             logger.info("generating FHE keys for %s (done once: the circuit keeps them)", type(self).__name__)
-        return self.quantized_module_.forward(X, fhe=mode.value, progress=self.verbose > 0 and execute)
+        # an int random_state also seeds the simulation's draws; otherwise they are fixed (seed 0)
+        seed = self.random_state if isinstance(self.random_state, (int, np.integer)) else 0
+        return self.quantized_module_.forward(X, fhe=mode.value, progress=self.verbose > 0 and execute,
+                                              random_state=int(seed))
 
     def _has_keys(self) -> bool:
         keys = self.quantized_module_.fhe_circuit.keys
@@ -337,20 +449,40 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     module : type of torch.nn.Module
         Default ``QATMLP``; set its options with ``module__n_hidden=...``,
         ``module__n_layers``, ``module__activation``, ``module__n_w_bits``,
-        ``module__n_a_bits``, ``module__max_non_zero`` / ``module__n_accum_bits``.
-    rounding_threshold_bits, p_error, global_p_error :
-        Compilation settings used by ``fit`` and ``compile``. Give at most one of
-        ``p_error`` (per lookup) and ``global_p_error`` (per sample); with neither,
-        each lookup may err with probability 0.3, which the simulation draws. The
-        default rounding keeps 8 bits before each lookup (``rounding_threshold_bits``
-        also takes one bit-width per layer).
+        ``module__n_a_bits``, ``module__max_non_zero`` / ``module__n_accum_bits``, ...
+        ``get_params()`` lists them with their defaults.
+    rounding_threshold_bits : None, int, sequence or dict, default={"n_bits": 8, "method": "approximate"}
+        Accumulators are rounded to this many bits before each table lookup (a
+        sequence gives one bit-width per layer); None keeps them exact. Used, as the
+        two below, by ``fit`` and ``compile``.
+    p_error : float or None, default=0.3
+        Probability that one table lookup errs (reads a neighbouring entry), which the
+        simulation draws. Not used when ``global_p_error`` is set, which replaces it;
+        setting both that and a ``p_error`` other than the default raises a
+        ``ValueError``. With both None, concrete-python's default applies (a strict
+        bound for the whole circuit, so larger keys).
+    global_p_error : float or None, default=None
+        Probability that any lookup of the circuit errs, for one sample.
     random_state : None, int or numpy.random.RandomState
         Seeds the initial weights and the shuffling; None uses torch's global seed.
+        An int also seeds the mistakes ``fhe="simulate"`` draws (otherwise seed 0):
+        a row's draws depend on its values and the seed, not on the rest of the batch.
     classes : array-like, optional
         All labels, if ``y`` may not show every one of them.
     **kwargs :
         skorch's own (``lr``, ``max_epochs``, ``batch_size``, ``optimizer``,
-        ``callbacks``, ``train_split``, ``verbose``, ``device``, ...).
+        ``callbacks``, ``train_split``, ``verbose``, ``device``, ...), and the settings
+        of the training callbacks ``prune`` (``callbacks__prune__max_non_zero``) and
+        ``one_cycle`` (``callbacks__one_cycle__pct_start``; ``callbacks__one_cycle=None``
+        keeps the learning rate constant).
+
+    Attributes
+    ----------
+    quantized_module_ : QuantizedModule
+        The compiled network; ``fhe_circuit`` is its circuit.
+    data_min_, data_max_ : ndarray of shape (n_features,)
+        Per feature, the lowest and highest value ``fit`` trained on; ``compile``
+        warns when its ``X`` is far from them.
 
     Examples
     --------
@@ -406,7 +538,7 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
             If ``X`` has the wrong number of features or holds NaN or inf, or if
             ``fhe`` is not one of the three modes.
         """
-        return softmax(self._fhe_forward(X, fhe))
+        return softmax(self._fhe_forward(X, fhe), axis=1)
 
     def predict(self, X, fhe: str = "disable") -> np.ndarray:
         """Predicted labels; see ``predict_proba`` for the parameters and errors.

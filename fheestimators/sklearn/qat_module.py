@@ -14,12 +14,8 @@ __all__ = ["QATMLP", "layer_widths"]
 # Activations whose outputs are never negative: an unsigned quantizer doubles their resolution.
 NON_NEGATIVE = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid)
 
-# Default widths: the first hidden layer draws the decision boundaries in the input space,
-# the later ones combine them, so the first gets more neurons. On the checkerboard data
-# (16 training seeds, 300 epochs, simulated accuracy on 50,000 fresh points), 24 then 16
-# neurons gave 95.06% against 94.91% for 16 and 16 (150 epochs), at 1.2e10 against 9.8e9
-# in circuit complexity; 24 and 24 gave 95.15% (8 seeds) but up to 1.6e10, about 0.9 s per
-# encrypted sample on 2 cores: too close to the 1 s target.
+# The first hidden layer draws the decision boundaries, the later ones combine them: it
+# gets more neurons (docs/design-notes.md, "Estimator defaults", has the measurements)
 FIRST_HIDDEN_WIDTH = 24
 HIDDEN_WIDTH = 16
 

@@ -1,8 +1,10 @@
 """The torch front door: torch, Brevitas and ONNX models to FHE-ready ``QuantizedModule``s."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import onnx
@@ -31,6 +33,27 @@ __all__ = [
 
 MAX_BITWIDTH_BACKWARD_COMPATIBLE = 8
 Inputset = Union[torch.Tensor, np.ndarray, Tuple[Union[torch.Tensor, np.ndarray], ...]]
+
+
+class OverflowHint(NamedTuple):
+    """What the error for a layer too wide for FHE advises, in the terms of the function called.
+
+    ``QuantizedModule.check_bit_widths`` reads it from the module's ``overflow_hint``.
+    """
+
+    bits: str
+    pruning: str
+    rounding: str
+
+
+PTQ_OVERFLOW_HINT = OverflowHint(
+    "lower n_bits", "prune the model's weights (e.g. with torch.nn.utils.prune)",
+    "set rounding_threshold_bits (e.g. 8)")
+ONNX_OVERFLOW_HINT = PTQ_OVERFLOW_HINT._replace(pruning="prune the model's weights before exporting it to ONNX")
+QAT_OVERFLOW_HINT = OverflowHint(
+    "give the Brevitas quantizers fewer bits (weight_bit_width, bit_width)",
+    "prune the model's weights (e.g. with torch.nn.utils.prune)",
+    "set rounding_threshold_bits to fewer bits (e.g. 8)")
 
 
 def has_any_qnn_layers(torch_model: torch.nn.Module) -> bool:
@@ -139,7 +162,32 @@ def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, b
     calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
     apply_rounding(program, calibration_q, rounding_threshold_bits)
     program.measure_bounds(*calibration_q)
-    return QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
+    module = QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
+    # read when compiling: advise what the function the user called accepts
+    module.overflow_hint = _ADVICE.get() or _overflow_hint(model, brevitas)
+    return module
+
+
+_ADVICE: ContextVar[Optional[OverflowHint]] = ContextVar("overflow_advice", default=None)
+
+
+@contextmanager
+def overflow_advice(hint: OverflowHint) -> Iterator[None]:
+    """Within this block, the compile functions advise ``hint`` for too wide a layer.
+
+    For doors built on them (the estimators), whose users set other parameters.
+    """
+    token = _ADVICE.set(hint)
+    try:
+        yield
+    finally:
+        _ADVICE.reset(token)
+
+
+def _overflow_hint(model, brevitas: bool) -> OverflowHint:
+    if brevitas:
+        return QAT_OVERFLOW_HINT
+    return ONNX_OVERFLOW_HINT if isinstance(model, onnx.ModelProto) else PTQ_OVERFLOW_HINT
 
 
 def _dummy_inputs(arrays) -> list[torch.Tensor]:

@@ -92,3 +92,46 @@ def test_approximate_rounding_errs_as_in_concrete_simulation():
     assert theirs_rate > 0.15
     assert abs(ours_rate - theirs_rate) < 0.12
     np.testing.assert_array_equal(module.quantized_forward(q, fhe="simulate"), ours)  # reproducible
+
+
+def _approximate_module():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(200, 3).numpy()
+    return compile_torch_model(model, x, n_bits=5, rounding_threshold_bits={"n_bits": 4, "method": "approximate"},
+                               p_error=0.1), x
+
+
+def test_a_row_simulates_the_same_wherever_it_stands_in_the_batch():
+    module, x = _approximate_module()
+    batch = module.forward(x, fhe="simulate")
+    alone = np.concatenate([module.forward(x[i : i + 1], fhe="simulate") for i in range(0, 200, 20)])
+    np.testing.assert_array_equal(alone, batch[::20])
+    shuffled = np.random.default_rng(0).permutation(200)
+    np.testing.assert_array_equal(module.forward(x[shuffled], fhe="simulate"), batch[shuffled])
+
+
+def test_random_state_changes_the_draws_and_seeds_them():
+    module, x = _approximate_module()
+    clear = module.forward(x)
+    runs = {seed: module.forward(x, fhe="simulate", random_state=seed) for seed in (0, 1)}
+    np.testing.assert_array_equal(module.forward(x, fhe="simulate", random_state=1), runs[1])
+    assert not np.array_equal(runs[0], runs[1])
+    # both draw mistakes, at about the same rate
+    rates = [np.mean(np.any(run != clear, axis=1)) for run in runs.values()]
+    assert min(rates) > 0.05 and abs(rates[0] - rates[1]) < 0.1
+
+
+def test_the_row_draws_are_standard_normal():
+    from fheestimators.fhe.execution import _gaussian, _mix
+
+    draws = _gaussian(_mix(np.arange(200_000, dtype=np.uint64)))
+    assert abs(draws.mean()) < 0.01 and abs(draws.std() - 1) < 0.01
+    assert abs(np.mean(np.abs(draws) < 1.96) - 0.95) < 0.005
+
+
+def test_each_lookup_has_its_own_tag_and_wrap_width():
+    module, _ = _approximate_module()
+    noise = LookupNoise.from_circuit(module.fhe_circuit)
+    tags = [step.tag for step in module.program.table_lookups]
+    assert len(set(tags)) == len(tags) and set(tags) <= set(noise.bit_widths)

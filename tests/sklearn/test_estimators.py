@@ -1,5 +1,6 @@
 """NeuralNetClassifier / NeuralNetRegressor: scikit-learn behaviour and the three FHE modes."""
 import pickle
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
 from fheestimators.sklearn.qat_module import QATMLP
 from fheestimators.torch.compile import _build
-from fheestimators.sklearn.estimators import DEFAULT_P_ERROR
+from fheestimators.sklearn.estimators import DEFAULT_P_ERROR, _far_features
 
 
 def build_quantized_module_from_brevitas(model, X):
@@ -156,6 +157,34 @@ def test_pipeline_and_grid_search(data):
     search.fit(X, y)
     assert search.best_params_["neuralnetclassifier__module__n_hidden"] in (3, 4)
     assert search.predict(X).shape == (len(X),)
+
+
+def test_compile_warns_when_X_was_not_transformed_like_the_training_data():
+    X, y = make_classification(n_samples=100, n_features=4, n_informative=3, n_redundant=0, random_state=0)
+    X_raw = X * 1000 + 5000  # large raw values: the network trains on them scaled
+    fast = dict(max_epochs=2, module__n_hidden=4, module__n_w_bits=3, module__n_a_bits=3,
+                rounding_threshold_bits={"n_bits": 4, "method": "exact"}, p_error=1e-9, random_state=0)
+    pipe = make_pipeline(StandardScaler(), NeuralNetClassifier(**fast)).fit(X_raw, y)
+    X_scaled = pipe[0].transform(X_raw)
+    np.testing.assert_allclose(pipe[-1].data_min_, X_scaled.min(axis=0), rtol=1e-5)
+    with pytest.warns(UserWarning, match=r"far from the training data .*transform X with the pipeline's preceding steps"):
+        pipe[-1].compile(X_raw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe[-1].compile(X_scaled)
+    assert not [w for w in caught if "far from the training data" in str(w.message)]
+
+
+@pytest.mark.parametrize("low, high, far", [
+    (0.2, 0.8, False),  # inside
+    (-0.9, 1.9, False),  # beyond on both sides, by less than the width
+    (1.5, 1.7, True),  # no overlap
+    (-1.5, 0.5, True),  # beyond by more than the width
+    (-1.5, 2.5, True),
+])
+def test_far_means_no_overlap_or_beyond_by_more_than_the_training_width(low, high, far):
+    found = _far_features(np.array([low, 2.0]), np.array([high, 2.0]), np.array([0.0, 2.0]), np.array([1.0, 2.0]))
+    assert found.tolist() == ([0] if far else [])  # the constant feature 1 matches its training value
 
 
 def test_regressor_multi_output():

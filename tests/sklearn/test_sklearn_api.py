@@ -9,6 +9,7 @@ import pytest
 import skorch
 import torch
 from brevitas.nn.quant_layer import QuantLayerMixin
+from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_score
@@ -32,6 +33,12 @@ EXECUTABLE = dict(TINY, module__n_w_bits=2, module__n_a_bits=2, rounding_thresho
 # depth; TINY passes them too, a quarter slower. The other tests use TINY.
 CHECKED = {key: value for key, value in TINY.items() if key not in ("module__n_hidden", "module__n_a_bits")}
 CHECKED["module__n_layers"] = 1
+# QATMLP's defaults, as get_params() must show them
+QATMLP_DEFAULTS = {
+    "module__n_layers": 3, "module__n_hidden": None, "module__activation": torch.nn.Tanh,
+    "module__n_w_bits": 6, "module__n_a_bits": 8, "module__n_input_bits": 8, "module__n_output_w_bits": 3,
+    "module__max_non_zero": None, "module__n_accum_bits": None,
+}
 
 # The scikit-learn checks that cannot pass, with the reason. Every other check must pass;
 # xfail_strict makes a listed check that starts passing fail the test, so the list stays true.
@@ -194,6 +201,94 @@ def test_scikit_learn_checks(estimator, check, monkeypatch):
     check(estimator)
 
 
+# -- parameters ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_get_params_lists_the_same_keys_before_and_after_fit(kind, request):
+    # scikit-learn's checks compare the values of the keys known before fit, not the keys
+    fitted = request.getfixturevalue(kind)
+    keys = fitted.get_params().keys()
+    assert clone(fitted).get_params().keys() == keys
+    assert type(fitted)(**TINY).get_params().keys() == keys
+    assert {"callbacks__prune__max_non_zero", "callbacks__one_cycle__pct_start"} <= keys
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_callback_settings_set_before_fit_take_effect(kind, request):
+    X, y = request.getfixturevalue("clf_data" if kind == "classifier" else "reg_data")
+    model = (NeuralNetClassifier if kind == "classifier" else NeuralNetRegressor)(**{**TINY, "max_epochs": 2})
+    model.set_params(callbacks__prune__max_non_zero=2, callbacks__one_cycle__pct_start=0.5)
+    params = model.get_params()  # what was set, not the callbacks' own defaults
+    assert (params["callbacks__prune__max_non_zero"], params["callbacks__one_cycle__pct_start"]) == (2, 0.5)
+    model.fit(X, y)
+    assert model.get_params()["callbacks__prune__max_non_zero"] == 2
+    assert dict(model.callbacks_)["one_cycle"].pct_start == 0.5
+    first = model.module_.linear_layers[0]  # 4 inputs per neuron, pruned to 2
+    assert int((first.weight != 0).sum(dim=1).max()) <= 2
+
+
+@pytest.mark.parametrize("estimator", [NeuralNetClassifier, NeuralNetRegressor])
+def test_get_params_shows_the_defaults_that_decide_the_model_and_its_cost(estimator):
+    params = estimator().get_params()
+    assert {name: params[name] for name in QATMLP_DEFAULTS} == QATMLP_DEFAULTS
+    assert "module__n_inputs" not in params and "module__n_outputs" not in params  # from the data
+    assert params["p_error"] == 0.3 and params["global_p_error"] is None
+    # __init__ keeps the parameters as given: clone does not turn the defaults into settings
+    assert "module__n_layers" not in estimator().get_params(deep=False)
+    assert estimator(module__n_w_bits=3).get_params()["module__n_w_bits"] == 3
+    assert estimator().set_params(module__n_layers=2).get_params()["module__n_layers"] == 2
+
+
+def test_get_params_shows_the_defaults_of_another_module():
+    class Custom(torch.nn.Module):
+        def __init__(self, width=5):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, width)
+
+    params = NeuralNetClassifier(module=Custom).get_params()
+    assert params["module__width"] == 5 and not any(name in params for name in QATMLP_DEFAULTS)
+    # swapping the module leaves none of QATMLP's defaults behind to break the new one
+    swapped = NeuralNetClassifier().set_params(module=Custom).initialize()
+    assert swapped.module_.layer.out_features == 5
+
+
+def test_grid_search_over_module_and_callback_settings(clf_data):
+    X, y = clf_data
+    grid = {"module__n_w_bits": [2, 3], "callbacks__prune__max_non_zero": [2]}
+    search = GridSearchCV(NeuralNetClassifier(**{**TINY, "max_epochs": 2}), grid, cv=2).fit(X, y)
+    best = search.best_estimator_
+    assert best.get_params()["module__n_w_bits"] == search.best_params_["module__n_w_bits"]
+    assert int((best.module_.linear_layers[0].weight != 0).sum(dim=1).max()) <= 2
+
+
+def test_global_p_error_replaces_the_default_p_error(clf_data):
+    X, y = clf_data
+    fast = {**TINY, "max_epochs": 1}
+    model = NeuralNetClassifier(**fast, global_p_error=1e-3).fit(X, y)
+    assert (model.compile_settings_["p_error"], model.compile_settings_["global_p_error"]) == (None, 1e-3)
+    assert model.fhe_circuit.global_p_error <= 1e-3
+    # both None: concrete-python's own default, a strict bound for the whole circuit
+    strict = NeuralNetClassifier(**fast, p_error=None).fit(X, y)
+    assert (strict.compile_settings_["p_error"], strict.compile_settings_["global_p_error"]) == (None, None)
+    assert strict.fhe_circuit.global_p_error < 1e-3
+    # two probabilities set by the user: refused before training
+    with pytest.raises(ValueError, match=r"p_error=0.01 and global_p_error=0.001 are both set: give one"):
+        NeuralNetClassifier(**fast, p_error=0.01, global_p_error=1e-3).fit(X, y)
+
+
+def test_overflow_error_advises_the_estimator_settings():
+    # 200 features of 8 bits into 8-bit weights, without rounding: a lookup of more than 16 bits
+    X, y = make_classification(n_samples=40, n_features=200, random_state=0)
+    model = NeuralNetClassifier(**{**TINY, "max_epochs": 1, "module__n_input_bits": 8, "module__n_w_bits": 8},
+                                rounding_threshold_bits=None)
+    with pytest.raises(ValueError, match="the limit is 16 bits") as error:
+        model.fit(X, y)
+    message = str(error.value)
+    assert "module__max_non_zero" in message and "module__n_w_bits" in message
+    assert "rounding_threshold_bits" in message and "torch.nn.utils.prune" not in message
+
+
 # -- model selection ----------------------------------------------------------------------------------
 
 
@@ -290,6 +385,8 @@ def test_partial_fit_continues_training_and_checks_labels(clf_data):
     assert list(clf.classes_) == ["cat", "dog", "owl"]
     clf.partial_fit(X[60:], y[60:])
     assert len(clf.history) == 2 * TINY["max_epochs"]  # the same network, trained further
+    np.testing.assert_array_equal(clf.data_min_, X.min(axis=0).astype(np.float32))  # the range of both calls
+    np.testing.assert_array_equal(clf.data_max_, X.max(axis=0).astype(np.float32))
     assert set(clf.predict(X, fhe="simulate")) <= {"cat", "dog", "owl"}
     with pytest.raises(ValueError, match=r"y has labels \['emu'\] that are not in classes_"):
         clf.partial_fit(X[:2], np.array(["emu", "cat"]))

@@ -239,6 +239,14 @@ def test_simulate_or_execute_before_compile(module, mode):
         module.forward_fhe  # noqa: B018
 
 
+@pytest.mark.parametrize("setting", [{"p_error": 2.0}, {"p_error": 0.0}, {"p_error": -0.1},
+                                     {"global_p_error": 1.0}, {"global_p_error": "0.1"}])
+def test_error_probabilities_outside_0_1_are_refused(setting):
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"{name}=.* is not a probability in \\(0, 1\\)"):
+        compile_torch_model(mlp(), INPUTSET, n_bits=3, **setting)
+
+
 def test_p_error_and_global_p_error_both_given():
     with pytest.raises(ValueError, match="p_error or global_p_error, not both"):
         compile_torch_model(mlp(), INPUTSET, n_bits=3, p_error=0.01, global_p_error=0.01)
@@ -298,3 +306,64 @@ def test_convert_torch_tensor_or_numpy_array_to_numpy_array():
         convert_torch_tensor_or_numpy_array_to_numpy_array([1.0, 2.0])
     with pytest.raises(TypeError):
         convert_torch_tensor_or_numpy_array_to_numpy_array(3.0)
+
+
+# -- the overflow error advises what the function called accepts ----------------------------
+def _too_wide_brevitas_model() -> nn.Module:
+    import brevitas.nn as qnn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        qnn.QuantIdentity(bit_width=8, return_quant_tensor=True),
+        qnn.QuantLinear(200, 4, bias=True, weight_bit_width=8),
+        nn.ReLU(),
+        qnn.QuantIdentity(bit_width=8, return_quant_tensor=True),
+        qnn.QuantLinear(4, 2, bias=True, weight_bit_width=8),
+    ).eval()
+
+
+WIDE_INPUTSET = torch.randn(50, 200, generator=torch.Generator().manual_seed(0))
+PTQ_ADVICE = ("lower n_bits", "set rounding_threshold_bits", "torch.nn.utils.prune")
+
+
+@pytest.mark.parametrize("door", ["compile_torch_model", "build_quantized_module"])
+def test_overflow_error_of_the_torch_functions_advises_their_settings(door):
+    with pytest.raises(ValueError, match="the limit is 16 bits") as error:
+        if door == "compile_torch_model":
+            compile_torch_model(WideLinear(), WIDE_INPUTSET, n_bits=12)
+        else:
+            build_quantized_module(WideLinear(), WIDE_INPUTSET, n_bits=12).compile(WIDE_INPUTSET.numpy())
+    assert all(advice in str(error.value) for advice in PTQ_ADVICE)
+    assert "max_non_zero" not in str(error.value)  # an estimators' setting, not these functions'
+
+
+def test_overflow_error_of_compile_onnx_model_advises_pruning_before_export():
+    from fheestimators.onnx.export import torch_to_onnx
+
+    onnx_model = torch_to_onnx(WideLinear().eval(), [WIDE_INPUTSET[:2]])
+    with pytest.raises(ValueError, match="the limit is 16 bits") as error:
+        compile_onnx_model(onnx_model, WIDE_INPUTSET.numpy(), n_bits=12)
+    message = str(error.value)
+    assert "lower n_bits" in message and "set rounding_threshold_bits" in message
+    assert "prune the model's weights before exporting it to ONNX" in message
+    assert "max_non_zero" not in message
+
+
+def test_overflow_error_of_compile_brevitas_qat_model_advises_the_brevitas_quantizers():
+    from fheestimators.torch.compile import compile_brevitas_qat_model
+
+    with pytest.raises(ValueError, match="the limit is 16 bits") as error:
+        compile_brevitas_qat_model(_too_wide_brevitas_model(), WIDE_INPUTSET, rounding_threshold_bits=None)
+    message = str(error.value)
+    assert "give the Brevitas quantizers fewer bits (weight_bit_width, bit_width)" in message
+    assert "rounding_threshold_bits" in message and "torch.nn.utils.prune" in message
+    assert "lower n_bits" not in message and "max_non_zero" not in message  # other functions' settings
+
+
+def test_accumulator_overflow_error_advises_bits_and_pruning_not_rounding():
+    # a last layer has no lookup to round: only fewer bits or fewer weights shrink it
+    with pytest.raises(ValueError, match="produces 3.-bit integers on the inputset") as error:
+        compile_torch_model(nn.Linear(200, 2).eval(), WIDE_INPUTSET, n_bits=16)
+    message = str(error.value)
+    assert "lower n_bits" in message and "torch.nn.utils.prune" in message
+    assert "rounding_threshold_bits" not in message and "max_non_zero" not in message
