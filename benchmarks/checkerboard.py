@@ -53,7 +53,12 @@ from _networks import (  # noqa: E402
     train,
 )
 
-from fheestimators import build_quantized_module, compile_brevitas_qat_model, compile_torch_model, make_checkerboard  # noqa: E402
+from fheestimators import (  # noqa: E402
+    build_quantized_module,
+    compile_brevitas_qat_model,
+    compile_torch_model,
+    make_checkerboard,
+)
 from fheestimators.datasets import board_rule_accuracy  # noqa: E402
 
 
@@ -95,7 +100,8 @@ ROWS = [
     Row("qat-pruned-30-auto", "c", "QATPrunedSimpleNet(100), 30 non-zero, rounding auto (approximate)",
         lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding={"n_bits": "auto"},
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
-    Row("qat-pruned-30-unrounded", "c", "QATPrunedSimpleNet(100), 30 non-zero, no rounding (the specification's default)",
+    Row("qat-pruned-30-unrounded", "c",
+        "QATPrunedSimpleNet(100), 30 non-zero, no rounding (the specification's default)",
         lambda: QATPrunedSimpleNet(100), qat=True, max_non_zero=30, rounding=None,
         spec={"torch_accuracy": 0.944, "quantized_accuracy": 0.918, "accumulator_bits": 7}),
     Row("quant-simple-30", "c", "QuantSimpleNet(100), 30 non-zero (page 001)", lambda: QuantSimpleNet(100),
@@ -259,7 +265,8 @@ def parse_args(argv):
             setattr(args, name, default)
 
     def keys(text):
-        chosen = ROW_KEYS if text == "all" else [] if text == "none" else [k.strip() for k in text.split(",") if k.strip()]
+        chosen = (ROW_KEYS if text == "all" else [] if text == "none"
+                  else [k.strip() for k in text.split(",") if k.strip()])
         unknown = set(chosen) - set(ROW_KEYS)
         if unknown:
             parser.error(f"unknown rows {sorted(unknown)}; choose among {ROW_KEYS}")
@@ -408,14 +415,15 @@ def to_markdown(results: dict) -> str:
         f"float networks {config['epochs']} epochs, Brevitas networks {config['qat_epochs']} epochs, "
         f"Adam lr {config['lr']}, batch {config['batch_size']}; {config['n_bits']}-bit quantization "
         f"calibrated and compiled on {config['compile_samples']} training points"
-        f"{'' if config.get('p_error') is None else ' with p_error ' + format(config['p_error'], '.3g')}. FHE costs on seed "
-        f"{config['fhe_seed']}. Bayes ceiling of the test split: {pct(results['bayes_accuracy'])}. "
+        f"{'' if config.get('p_error') is None else ' with p_error ' + format(config['p_error'], '.3g')}. "
+        f"FHE costs on seed {config['fhe_seed']}. Bayes ceiling of the test split: {pct(results['bayes_accuracy'])}. "
         f"Machine: {results['machine_start']['cpu_count']} cores, load average "
         f"{results['machine_start']['load_average_1min']} at start, {results['machine_end']['load_average_1min']} "
         f"at end; runtime {results['runtime_s'] / 60:.1f} min.",
     ]
     groups = [("a", "a. SimpleNet, post-training quantization to 3 bits", "neurons", lambda r: r["label"][10:-1]),
-              ("b", "b. PrunedSimpleNet (100 neurons), 3-bit PTQ", "non-zero neurons", lambda r: str(r["max_non_zero"])),
+              ("b", "b. PrunedSimpleNet (100 neurons), 3-bit PTQ", "non-zero neurons",
+               lambda r: str(r["max_non_zero"])),
               ("c", "c. QAT with pruning (100 neurons, 3 bits)", "network",
                lambda r: r["label"].replace(", 30 non-zero", ""))]
     for letter, title, column_title, name in groups:
@@ -459,12 +467,13 @@ def to_markdown(results: dict) -> str:
         parts += ["## Throughput of one encrypted call on k samples",
                   "CPU usage is CPU seconds per wall second of this process: 1.0 means one core, "
                   "2.0 both cores (other processes on the machine lower it).",
-                  table(["model", "k", "predictions = simulate", "samples/s", "one-sample latency s", "CPU usage (throughput)",
-                         "CPU usage (execute)", "CPU usage (keygen)"], throughput_lines)]
+                  table(["model", "k", "predictions = simulate", "samples/s", "one-sample latency s",
+                         "CPU usage (throughput)", "CPU usage (execute)", "CPU usage (keygen)"], throughput_lines)]
     if "estimator" in results:
         est = results["estimator"]
         mean = est["mean"]
-        parts += [f"## NeuralNetClassifier ({est['params']}), StandardScaler pipeline, mean over {mean['n_seeds']} seed(s)",
+        parts += [f"## NeuralNetClassifier ({est['params']}), StandardScaler pipeline, "
+                  f"mean over {mean['n_seeds']} seed(s)",
                   table(["metric", "value"], [
                       ["Bayes ceiling (exact rule on the noisy test points)", pct(mean.get("bayes_accuracy"))],
                       ["Brevitas accuracy", pct(mean.get("brevitas_accuracy"))],
@@ -489,8 +498,10 @@ def plot_boundaries(path: Path, kept: dict) -> None:
     import matplotlib.pyplot as plt
 
     panels = []
-    for key, title in (("simplenet-100", "SimpleNet(100), 3-bit PTQ"), ("pruned-30", "PrunedSimpleNet, 30 non-zero, PTQ"),
-                       ("qat-pruned-30", "QATPrunedSimpleNet, QAT"), ("estimator", "NeuralNetClassifier()")):
+    for key, title in (("simplenet-100", "SimpleNet(100), 3-bit PTQ"),
+                       ("pruned-30", "PrunedSimpleNet, 30 non-zero, PTQ"),
+                       ("qat-pruned-30", "QATPrunedSimpleNet, QAT"),
+                       ("estimator", "NeuralNetClassifier()")):
         if key in kept and (kept[key][1] is not None or key == "estimator"):
             panels.append((key, title, *kept[key]))
     if not panels:
@@ -522,7 +533,8 @@ def plot_boundaries(path: Path, kept: dict) -> None:
                 return module.forward(transform(X), fhe="simulate").argmax(1)
 
             float_name = "Brevitas (torch)" if "qat" in key else "fp32 torch"
-        for ax, name, predict in ((axes_row[1], float_name, float_predict), (axes_row[2], "FHE (simulate)", fhe_predict)):
+        for ax, name, predict in ((axes_row[1], float_name, float_predict),
+                                  (axes_row[2], "FHE (simulate)", fhe_predict)):
             ax.pcolormesh(gx, gy, predict(grid).reshape(gx.shape), cmap="coolwarm", alpha=0.35, shading="auto")
             test_accuracy = float((predict(X_test) == y_test).mean())
             ax.set_title(f"{title}\n{name}: test accuracy {100 * test_accuracy:.1f}%")

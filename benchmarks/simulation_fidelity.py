@@ -29,7 +29,8 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> dict:
     """Mean of ``a - b`` (per-point correctness) with a normal 95% interval."""
     d = a.astype(float) - b.astype(float)
     half = 1.96 * d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    return {"mean": round(float(d.mean()), 4), "ci95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)]}
+    return {"mean": round(float(d.mean()), 4),
+            "ci95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)]}
 
 
 def main() -> None:

@@ -133,7 +133,8 @@ def read_server_header(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             header = json.loads(archive.read(SERVER_HEADER))
     except (KeyError, zipfile.BadZipFile, ValueError) as error:
-        raise container.PayloadError(f"{os.fspath(path)!r} is not a server artefact of fheestimators ({error})") from None
+        raise container.PayloadError(
+            f"{os.fspath(path)!r} is not a server artefact of fheestimators ({error})") from None
     if header.get("format") != container.FORMAT_VERSION:
         raise container.PayloadError(
             f"{os.fspath(path)!r} has format version {header.get('format')!r}; this fheestimators reads "

@@ -82,8 +82,8 @@ class RemoteModel:
         if self.client.fingerprint != self.fingerprint:
             self._http.close()
             raise PayloadError(f"the client artefact is for model {self.client.fingerprint[:12]}..., the service at "
-                             f"{self.url} runs {self.fingerprint[:12]}...: leave client_dir_or_zip out "
-                             "to download its own")
+                               f"{self.url} runs {self.fingerprint[:12]}...: leave client_dir_or_zip out "
+                               "to download its own")
         registration = self._stored_registration()
         self.client_id: Optional[str] = registration.get("client_id")
         self._client_token: Optional[str] = registration.get("token")

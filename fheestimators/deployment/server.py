@@ -83,7 +83,8 @@ class Server:
         Returns the encrypted outputs for ``Client.decrypt``. Raises ``PayloadError`` (a
         ``ValueError``) for bytes that are not this model's ciphertexts or keys.
         """
-        keys = evaluation_keys if isinstance(evaluation_keys, fhe.EvaluationKeys) else self._cached_keys(evaluation_keys)
+        keys = (evaluation_keys if isinstance(evaluation_keys, fhe.EvaluationKeys)
+                else self._cached_keys(evaluation_keys))
         samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
                                 sizes=self.header["input_bytes"], max_samples=self.max_samples)
 

@@ -83,7 +83,8 @@ def _shrink(program: IntegerProgram, lookup: TableLookup) -> int:
         total = after.output
         after.output = f"{total}.live"
         position = program.steps.index(after) + 1
-        program.steps.insert(position, Shift(after.name, [after.output], total, constant=folded[None, :].astype(np.int64)))
+        program.steps.insert(position, Shift(after.name, [after.output], total,
+                                             constant=folded[None, :].astype(np.int64)))
     return width - keep.size
 
 

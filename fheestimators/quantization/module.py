@@ -64,7 +64,8 @@ class QuantizedModule:
                 if x.shape == tuple(shape):
                     x = x[None]
                 else:
-                    raise ValueError(f"input {i} has shape {x.shape}; expected (n_samples, {', '.join(map(str, shape))})")
+                    raise ValueError(f"input {i} has shape {x.shape}; "
+                                     f"expected (n_samples, {', '.join(map(str, shape))})")
             if not np.all(np.isfinite(x)):
                 raise ValueError(f"input {i} contains NaN or inf")
             arrays.append(x)
@@ -104,7 +105,8 @@ class QuantizedModule:
             if not np.issubdtype(q.dtype, np.integer):
                 raise TypeError(f"quantized input {i} must hold integers (use quantize_input), got {q.dtype}")
             if q.shape[1:] != tuple(shape):
-                raise ValueError(f"quantized input {i} has shape {q.shape}; expected (n_samples, {', '.join(map(str, shape))})")
+                raise ValueError(f"quantized input {i} has shape {q.shape}; "
+                                 f"expected (n_samples, {', '.join(map(str, shape))})")
             arrays.append(q.astype(np.int64))
         return list(self._clip(arrays))
 

@@ -34,7 +34,8 @@ def format_report(rows: list[LayerReport], circuit=None) -> str:
     lines = [f"{'layer':40s} {'operation':28s} {'acc bits':>8s} {'TLU bits':>8s} {'TLUs':>6s} {'rounded':>7s}"]
     for r in rows:
         lines.append(f"{r.name[:40]:40s} {r.operation[:28]:28s} {r.accumulator_bits:8d} "
-                     f"{r.lookup_bits if r.lookup_bits is not None else '-':>8} {r.table_lookups:6d} {r.lsbs_removed:7d}")
+                     f"{r.lookup_bits if r.lookup_bits is not None else '-':>8} "
+                     f"{r.table_lookups:6d} {r.lsbs_removed:7d}")
     if circuit is not None:
         lines.append(f"circuit: {circuit.programmable_bootstrap_count} bootstraps, "
                      f"max bit-width {circuit.graph.maximum_integer_bit_width()}")

@@ -52,7 +52,8 @@ def parse_rounding(rounding_threshold_bits: RoundingLike) -> Optional[tuple[tupl
         if unknown:
             raise ValueError(f"unknown rounding_threshold_bits keys {sorted(unknown)}; use 'n_bits' and 'method'")
         n_bits = rounding_threshold_bits.get("n_bits", "auto")
-        method = str(getattr(rounding_threshold_bits.get("method", method), "name", rounding_threshold_bits.get("method", method))).lower()
+        method = str(getattr(rounding_threshold_bits.get("method", method), "name",
+                             rounding_threshold_bits.get("method", method))).lower()
         if method not in ("exact", "approximate"):
             raise ValueError(f"rounding method {method!r} is not 'exact' or 'approximate'")
     per_lookup = tuple(n_bits) if isinstance(n_bits, (list, tuple)) else (n_bits,)

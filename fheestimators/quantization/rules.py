@@ -101,7 +101,8 @@ def _fold_affine(node: Node, args: list, consts: list, shape: tuple):
     if not value.affine:
         return None
     if node.op_type == "Neg":
-        return Encrypted(value.source, -value.scale, -value.offset, quantized=value.quantized, ops=value.ops, origin=value.origin)
+        return Encrypted(value.source, -value.scale, -value.offset, quantized=value.quantized, ops=value.ops,
+                         origin=value.origin)
     const = np.asarray(consts[1 - position], dtype=np.float64)
     if np.broadcast_shapes(const.shape, shape) != shape:
         return None  # the constant would change the shape: keep it in a lookup
@@ -115,7 +116,8 @@ def _fold_affine(node: Node, args: list, consts: list, shape: tuple):
         return Encrypted(value.source, -scale, const - offset, ops=value.ops, origin=value.origin)
     if node.op_type == "Mul":
         return Encrypted(value.source, scale * const, offset * const,
-                         quantized=value.quantized and scalar and not np.any(const == 0), ops=value.ops, origin=value.origin)
+                         quantized=value.quantized and scalar and not np.any(const == 0), ops=value.ops,
+                         origin=value.origin)
     if position == 0 and not np.any(const == 0):  # Div by a constant
         return Encrypted(value.source, scale / const, offset / const,
                          quantized=value.quantized and scalar, ops=value.ops, origin=value.origin)

@@ -42,6 +42,7 @@ def test_exit_status_survives_a_circuit_run(tmp_path):
     for name, process in processes.items():
         outputs[name], _ = process.communicate(timeout=300)
         expected = _ENDINGS[name][2]
-        assert process.returncode == expected, f"{name}: exit {process.returncode}, expected {expected}\n{outputs[name]}"
+        assert process.returncode == expected, (f"{name}: exit {process.returncode}, expected {expected}\n"
+                                                f"{outputs[name]}")
     # the circuit really ran in the failing suite before its failure
     assert "1 failed, 1 passed" in outputs["pytest_fails"]

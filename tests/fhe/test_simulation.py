@@ -50,7 +50,8 @@ def test_approximate_rounding_errs_near_the_middle_between_entries():
     # far more often than p_error: the removed bits place the input between two entries
     assert 0.15 < _off_rate(step, noise, x) < 0.19
     position = x % UNIT  # rounding half up turns at 8; concrete-python's middle is at 7.5
-    middle = np.mean(noise(step, x)[(position == 7) | (position == 8)] != step.rounded(x)[(position == 7) | (position == 8)])
+    middle = np.mean(noise(step, x)[(position == 7) | (position == 8)]
+                     != step.rounded(x)[(position == 7) | (position == 8)])
     assert 0.4 < middle < 0.6
     near_entry = (position == 0) | (position == 15)
     assert np.mean(noise(step, x)[near_entry] != step.rounded(x)[near_entry]) < 0.05

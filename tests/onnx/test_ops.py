@@ -168,7 +168,7 @@ CASES = [
     case("AveragePool", [IMAGE], {"kernel_shape": [2, 2], "strides": [2, 2], "ceil_mode": 1},
          id="AveragePool-ceil"),
     case("AveragePool", [f(2, 3, 6, 6)], {"kernel_shape": [3, 3], "strides": [2, 2], "ceil_mode": 1,
-                                         "pads": [1, 1, 1, 1], "count_include_pad": 1},
+                                          "pads": [1, 1, 1, 1], "count_include_pad": 1},
          id="AveragePool-ceil-include-pad"),
     case("AveragePool", [IMAGE], {"kernel_shape": [3, 2], "auto_pad": "SAME_UPPER"},
          id="AveragePool-same"),

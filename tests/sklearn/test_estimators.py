@@ -22,6 +22,7 @@ from fheestimators.sklearn.estimators import DEFAULT_P_ERROR, _far_features
 def build_quantized_module_from_brevitas(model, X):
     return _build(model, X, True, 8, None, brevitas=True)
 
+
 SMALL = dict(module__n_layers=2, module__n_hidden=4, max_epochs=4, lr=0.05, batch_size=32)
 
 
@@ -167,7 +168,8 @@ def test_compile_warns_when_X_was_not_transformed_like_the_training_data():
     pipe = make_pipeline(StandardScaler(), NeuralNetClassifier(**fast)).fit(X_raw, y)
     X_scaled = pipe[0].transform(X_raw)
     np.testing.assert_allclose(pipe[-1].data_min_, X_scaled.min(axis=0), rtol=1e-5)
-    with pytest.warns(UserWarning, match=r"far from the training data .*transform X with the pipeline's preceding steps"):
+    with pytest.warns(UserWarning,
+                      match=r"far from the training data .*transform X with the pipeline's preceding steps"):
         pipe[-1].compile(X_raw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

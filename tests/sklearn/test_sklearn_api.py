@@ -129,8 +129,10 @@ def test_load_keeps_compile_settings_and_feature_names(clf_data, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "X does not have valid feature names"
         loaded = load(tmp_path / "clf.pkl")
-        np.testing.assert_array_equal(loaded.predict_proba(frame, fhe="simulate"), model.predict_proba(frame, fhe="simulate"))
-    assert loaded.fhe_circuit.p_error == model.fhe_circuit.p_error != NeuralNetClassifier(**TINY).fit(frame, y).fhe_circuit.p_error
+        np.testing.assert_array_equal(loaded.predict_proba(frame, fhe="simulate"),
+                                      model.predict_proba(frame, fhe="simulate"))
+    assert (loaded.fhe_circuit.p_error == model.fhe_circuit.p_error
+            != NeuralNetClassifier(**TINY).fit(frame, y).fhe_circuit.p_error)
     assert list(loaded.feature_names_in_) == ["a", "b", "c", "d"]
 
 

@@ -22,7 +22,8 @@ def test_training_uses_one_thread_and_restores_the_setting():
     torch.set_num_threads(2)
     try:
         recorder = RecordThreads()
-        NeuralNetClassifier(module__n_layers=1, max_epochs=2, callbacks=[("threads", recorder)]).fit(X.astype(np.float32), y)
+        NeuralNetClassifier(module__n_layers=1, max_epochs=2,
+                            callbacks=[("threads", recorder)]).fit(X.astype(np.float32), y)
         assert recorder.seen == {1}
         assert torch.get_num_threads() == 2
     finally:

@@ -22,7 +22,6 @@ N_HIDDEN = 4
 TOLERANCE_8_BITS = 0.05
 
 
-
 class Functional(nn.Module):
     """Wrap a function of one tensor as a module."""
 
@@ -155,7 +154,8 @@ SUBSET = ["ReLU", "Sigmoid", "SiLU", "Tanhshrink"]
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, id=name, marks=[pytest.mark.xfail(reason=ACTIVATIONS[name][2], raises=ValueError, strict=True)]
+        pytest.param(name, id=name,
+                     marks=[pytest.mark.xfail(reason=ACTIVATIONS[name][2], raises=ValueError, strict=True)]
                      if ACTIVATIONS[name][2] else [])
         for name in SUBSET
     ],
