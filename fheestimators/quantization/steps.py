@@ -103,14 +103,6 @@ class Reshape(Step):
 
 
 @dataclass
-class Transpose(Step):
-    perm: tuple = ()
-
-    def numpy(self, x):
-        return np.transpose(x, self.perm)
-
-
-@dataclass
 class Index(Step):
     """Gather elements by flat position across one or more inputs; position -1 reads zero.
 

@@ -31,6 +31,7 @@ __all__ = [
     "has_any_qnn_layers",
 ]
 
+# Named by the specification's API; unused here (bit-widths are checked against concrete's limits).
 MAX_BITWIDTH_BACKWARD_COMPATIBLE = 8
 Inputset = Union[torch.Tensor, np.ndarray, Tuple[Union[torch.Tensor, np.ndarray], ...]]
 
@@ -121,7 +122,8 @@ def build_quantized_module(
         The model carries its own quantizers (QAT): keep them instead of re-quantizing.
     n_bits : int or dict
         An int, or a dict with ``op_inputs`` and ``op_weights`` (and optionally
-        ``model_inputs``, ``model_outputs``).
+        ``model_inputs``, and ``model_outputs``, accepted for compatibility and unused:
+        outputs leave the circuit as exact accumulators and are dequantized in the clear).
     rounding_threshold_bits : None, int, sequence or dict
         Round accumulators to this many bits before each table lookup; a sequence gives
         one entry per lookup in the network's order (the last one for further lookups);
