@@ -7,6 +7,7 @@ reads, so that every worker builds the same app.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Optional, Sequence
 import uvicorn
 
 from .artifacts import CLIENT_FILE, SERVER_FILE
-from .service import ENV_API_TOKEN, ENV_KEY_STORE, ENV_MAX_BODY_BYTES, ENV_MODEL_DIR
+from .service import ENV_API_TOKEN, ENV_DASK, ENV_KEY_STORE, ENV_MAX_BODY_BYTES, ENV_MODEL_DIR
 
 APP = "fheestimators.deployment.service:app_from_environment"
 MB = 1 << 20
@@ -29,7 +30,9 @@ MODEL_DIR/key_store); give every instance serving the model the same one. It see
 secret key. Serve it over TLS with --ssl-keyfile and --ssl-certfile (uvicorn's options)
 unless it is reached through a TLS proxy: client tokens travel in headers. The API token
 can also be given as the FHEESTIMATORS_API_TOKEN environment variable, which keeps it out
-of the process list.
+of the process list. With --dask, the samples of every batch run on the workers of that
+dask cluster (pip install "fheestimators[dask]"); the cluster receives the circuit, the
+evaluation keys and ciphertexts, never a secret key.
 """
 
 
@@ -63,6 +66,10 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         os.environ[ENV_MAX_BODY_BYTES] = str(int(args.max_body_mb * MB))
     if args.api_token is not None:
         os.environ[ENV_API_TOKEN] = args.api_token
+    if args.dask is not None:
+        if importlib.util.find_spec("distributed") is None:
+            parser.error("--dask needs dask's distributed: pip install 'fheestimators[dask]'")
+        os.environ[ENV_DASK] = args.dask
     options = {}
     if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
         options["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
@@ -93,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "evaluation keys for uploads, 1024 samples for predictions, plus 1 MB)")
     serve_parser.add_argument("--api-token", metavar="TOKEN",
                               help="require 'Authorization: Bearer TOKEN' to upload keys")
+    serve_parser.add_argument("--dask", metavar="ADDRESS",
+                              help="run the samples on the dask cluster whose scheduler is at ADDRESS "
+                                   "(e.g. tcp://10.0.0.5:8786) instead of in the service's processes")
     serve_parser.add_argument("--ssl-keyfile", metavar="FILE", help="TLS private key (uvicorn's option)")
     serve_parser.add_argument("--ssl-certfile", metavar="FILE", help="TLS certificate (uvicorn's option)")
     return parser

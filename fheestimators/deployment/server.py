@@ -5,7 +5,7 @@ import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 from concrete import fhe
 
@@ -13,6 +13,9 @@ from . import container
 from .artifacts import SERVER_FILE, PathLike, read_artifact, read_server_header
 from .container import PayloadError
 from .wire import pack_values, unpack_values
+
+if TYPE_CHECKING:  # distributed is optional: imported by .cluster only when a cluster is given
+    import distributed
 
 
 class Server:
@@ -24,6 +27,18 @@ class Server:
         The folder written by ``save`` or its ``server.zip``.
     max_samples : int, default=1024
         The most samples one ``run`` takes.
+    n_workers : int, optional
+        Samples run side by side in this process; the number of CPUs by default.
+        Unused with ``dask``.
+    dask : distributed.Client or str, optional
+        Run the samples on a dask cluster instead of this process: a
+        ``distributed.Client``, or the address of a scheduler (``"tcp://host:8786"``), to
+        which the server makes a client of its own (closed by ``close``). Needs
+        ``pip install "fheestimators[dask]"``. Each batch is cut into about two chunks per
+        worker thread; the artefact and each client's evaluation keys are shipped to the
+        workers once, and each worker loads them once. A worker lost during a run costs
+        the re-run of its chunks. Only the artefact, evaluation keys and ciphertexts
+        travel: the cluster sees no more than this server would.
 
     Notes
     -----
@@ -33,15 +48,35 @@ class Server:
     reading a key set of hundreds of MB takes seconds.
     """
 
-    def __init__(self, path_or_zip: PathLike, max_samples: int = 1024, n_workers: Optional[int] = None):
+    def __init__(self, path_or_zip: PathLike, max_samples: int = 1024, n_workers: Optional[int] = None,
+                 dask: Union["distributed.Client", str, None] = None):
         path = read_artifact(path_or_zip, SERVER_FILE)
         self.header = read_server_header(path)
         self.fingerprint: str = self.header["fingerprint"]
         self.max_samples = max_samples
         self.n_workers = n_workers or os.cpu_count() or 1
-        self._server = fhe.Server.load(path)
         self._keys: OrderedDict[bytes, fhe.EvaluationKeys] = OrderedDict()
         self._lock = threading.Lock()
+        if dask is None:
+            self.cluster = None
+            self._server = fhe.Server.load(path)
+        else:
+            from .cluster import ClusterRunner  # here: distributed is an optional dependency
+
+            # the workers load the circuit; this process only checks and ships
+            self.cluster = ClusterRunner(dask, path, self.fingerprint)
+            self._server = None
+
+    def close(self) -> None:
+        """Release the cluster's copies of the artefact and keys; close the dask client made here."""
+        if self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def check_client(self, client_fingerprint: str) -> None:
         """Refuse a client artefact saved with another model than this server's."""
@@ -49,15 +84,31 @@ class Server:
             raise PayloadError(f"the client artefact is for model {client_fingerprint[:12]}..., this server runs "
                                f"{self.fingerprint[:12]}...: use the client.zip saved with this server.zip")
 
-    def load_evaluation_keys(self, data: bytes) -> fhe.EvaluationKeys:
-        """Evaluation keys from ``Client.evaluation_keys()``, checked to be this model's."""
+    def check_evaluation_keys(self, data: bytes) -> bytes:
+        """The serialized keys in ``Client.evaluation_keys()``, checked to be this model's by their size.
+
+        Checked before concrete-python reads them; ``load_evaluation_keys`` also reads them.
+        """
         _, members = container.unpack(data, "evaluation_keys", self.fingerprint,
                                       max_bytes=self.header["evaluation_keys_bytes"] + (1 << 20))
-        keys = members.get("keys", b"")
+        return self._checked_size(members.get("keys", b""))
+
+    def _checked_size(self, keys: bytes) -> bytes:
         expected = self.header["evaluation_keys_bytes"]
         if len(keys) != expected:
             raise PayloadError(f"the evaluation keys have {len(keys)} bytes where this model's have {expected}: "
                                "they were made for another model or are damaged")
+        return keys
+
+    def _key_bytes(self, evaluation_keys: Union[bytes, fhe.EvaluationKeys]) -> bytes:
+        """What the cluster's workers deserialize: checked keys only."""
+        if isinstance(evaluation_keys, fhe.EvaluationKeys):
+            return self._checked_size(evaluation_keys.serialize())
+        return self.check_evaluation_keys(evaluation_keys)
+
+    def load_evaluation_keys(self, data: bytes) -> fhe.EvaluationKeys:
+        """Evaluation keys from ``Client.evaluation_keys()``, checked to be this model's."""
+        keys = self.check_evaluation_keys(data)
         try:
             return fhe.EvaluationKeys.deserialize(keys)
         except RuntimeError as error:
@@ -82,7 +133,15 @@ class Server:
 
         Returns the encrypted outputs for ``Client.decrypt``. Raises ``PayloadError`` (a
         ``ValueError``) for bytes that are not this model's ciphertexts or keys.
+
+        With ``dask``, give the keys' bytes rather than a key object: the bytes are what
+        the workers get, and an object is serialized on each run unless it is the one of
+        a previous run.
         """
+        if self.cluster is not None:
+            samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
+                                    sizes=self.header["input_bytes"], max_samples=self.max_samples)
+            return pack_values("outputs", self.fingerprint, self.cluster.run(samples, evaluation_keys, self._key_bytes))
         keys = (evaluation_keys if isinstance(evaluation_keys, fhe.EvaluationKeys)
                 else self._cached_keys(evaluation_keys))
         samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],

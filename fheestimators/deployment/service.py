@@ -7,15 +7,18 @@ service nor anyone reading its disk can read the data or the predictions.
 
 Every worker process builds its own app from the same model folder and key store;
 the key store on disk is the only shared state, so workers can be added or restarted
-freely.
+freely. With a dask cluster (``fheestimators serve MODEL_DIR --dask ADDRESS``) the
+samples of every batch run on the cluster's workers instead (see ``Server``).
 """
 # no "from __future__ import annotations": FastAPI reads the closures' Annotated dependencies at runtime
+import asyncio
 import hmac
 import os
 import threading
 from collections import OrderedDict
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Optional, Union
 
 from concrete import fhe
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
@@ -29,12 +32,16 @@ from .container import PayloadError
 from .keystore import BadToken, KeyStore, UnknownClient
 from .server import Server
 
+if TYPE_CHECKING:  # distributed is optional
+    import distributed
+
 __all__ = ["app_from_environment", "create_app"]
 
 ENV_MODEL_DIR = "FHEESTIMATORS_MODEL_DIR"
 ENV_KEY_STORE = "FHEESTIMATORS_KEY_STORE"
 ENV_MAX_BODY_BYTES = "FHEESTIMATORS_MAX_BODY_BYTES"
 ENV_API_TOKEN = "FHEESTIMATORS_API_TOKEN"
+ENV_DASK = "FHEESTIMATORS_DASK"
 MB = 1 << 20
 KEY_CACHE_SIZE = 4
 
@@ -63,7 +70,8 @@ def _problem(description: str) -> dict:
 
 
 def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] = None,
-               max_body_bytes: Optional[int] = None, api_token: Optional[str] = None) -> FastAPI:
+               max_body_bytes: Optional[int] = None, api_token: Optional[str] = None,
+               dask: Union["distributed.Client", str, None] = None) -> FastAPI:
     """The service for the model saved in ``model_dir``.
 
     Parameters
@@ -81,13 +89,17 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         When given, ``POST /keys`` requires ``Authorization: Bearer <api_token>``: each
         upload costs tens of MB of disk, so a public service should not take them from
         anyone.
+    dask : distributed.Client or str, optional
+        Run every prediction batch on this dask cluster (a client, or a scheduler's
+        address) rather than in this process; see ``Server``. Uploaded keys are still
+        read once here, to refuse damaged ones at upload, but only the workers keep them.
 
     Returns
     -------
     fastapi.FastAPI
     """
     model_dir = Path(model_dir)
-    server = Server(model_dir)
+    server = Server(model_dir, dask=dask)
     client_zip = read_artifact(model_dir, CLIENT_FILE).read_bytes()
     client_header, _ = container.unpack(client_zip, "client", max_bytes=1 << 30)
     # a client.zip of another model would give clients keys the server must refuse
@@ -115,7 +127,14 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         token = credentials.credentials if credentials is not None else None
         return store.check(client_id, token, server.fingerprint)
 
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        # the dask client of a Server given an address; a thread, as it waits on the cluster
+        await asyncio.to_thread(server.close)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="fheestimators: predictions on encrypted data",
         version=versions()["fheestimators"],
         description=(
@@ -160,7 +179,8 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         # a sync endpoint runs in a thread: deserializing keys takes a while
         keys = server.load_evaluation_keys(body)
         client_id, token = store.add(server.fingerprint, body)
-        keys_cache.put(client_id, keys)
+        # with a cluster the workers read the keys again: keep the bytes they get, not the key object
+        keys_cache.put(client_id, keys if server.cluster is None else body)
         return ClientCreated(client_id=client_id, token=token)
 
     @app.post("/clients/{client_id}/predict", tags=["predictions"], response_class=Response,
@@ -187,8 +207,9 @@ def app_from_environment() -> FastAPI:
     """``create_app`` configured by environment variables, for ``uvicorn --factory``.
 
     Each worker process calls it: ``FHEESTIMATORS_MODEL_DIR`` (required),
-    ``FHEESTIMATORS_KEY_STORE``, ``FHEESTIMATORS_MAX_BODY_BYTES`` and
-    ``FHEESTIMATORS_API_TOKEN``. The API token comes from the environment rather than
+    ``FHEESTIMATORS_KEY_STORE``, ``FHEESTIMATORS_MAX_BODY_BYTES``,
+    ``FHEESTIMATORS_API_TOKEN`` and ``FHEESTIMATORS_DASK`` (a scheduler's address).
+    The API token comes from the environment rather than
     the command line so that it need not show in the process list.
     """
     model_dir = os.environ.get(ENV_MODEL_DIR)
@@ -201,7 +222,8 @@ def app_from_environment() -> FastAPI:
     except ValueError:
         raise RuntimeError(f"{ENV_MAX_BODY_BYTES} must be a number of bytes, not {max_body!r}") from None
     return create_app(model_dir, key_store=os.environ.get(ENV_KEY_STORE) or None,
-                      max_body_bytes=max_body_bytes, api_token=os.environ.get(ENV_API_TOKEN) or None)
+                      max_body_bytes=max_body_bytes, api_token=os.environ.get(ENV_API_TOKEN) or None,
+                      dask=os.environ.get(ENV_DASK) or None)
 
 
 def _body_reader(limit: int, what: str):
@@ -237,25 +259,32 @@ class _KeyCache:
 
     Reading a key set takes a while and stored keys never change (an upload makes a new
     client), so keys are read once per process. They are checked again when read: the
-    store is on disk, and concrete-python can crash on keys of another circuit.
+    store is on disk, and concrete-python can crash on keys of another circuit. With a
+    cluster, the checked bytes are kept instead: the cluster's workers read them.
     """
 
     def __init__(self, server: Server, size: int):
         self.server, self.size = server, size
-        self._keys: OrderedDict[str, fhe.EvaluationKeys] = OrderedDict()
+        self._keys: OrderedDict[str, Union[fhe.EvaluationKeys, bytes]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, client_id: str, keys_file: Path) -> fhe.EvaluationKeys:
+    def get(self, client_id: str, keys_file: Path) -> Union[fhe.EvaluationKeys, bytes]:
         with self._lock:
             keys = self._keys.get(client_id)
             if keys is not None:
                 self._keys.move_to_end(client_id)
                 return keys
-        keys = self.server.load_evaluation_keys(keys_file.read_bytes())
+        data = keys_file.read_bytes()
+        if self.server.cluster is None:
+            keys: Union[fhe.EvaluationKeys, bytes] = self.server.load_evaluation_keys(data)
+        else:
+            # read at upload; checked again here, read by the workers
+            self.server.check_evaluation_keys(data)
+            keys = data
         self.put(client_id, keys)
         return keys
 
-    def put(self, client_id: str, keys: fhe.EvaluationKeys) -> None:
+    def put(self, client_id: str, keys: Union[fhe.EvaluationKeys, bytes]) -> None:
         with self._lock:
             self._keys[client_id] = keys
             self._keys.move_to_end(client_id)
