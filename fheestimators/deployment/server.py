@@ -128,6 +128,11 @@ class Server:
                 self._keys.popitem(last=False)
         return keys
 
+    def _samples(self, encrypted: bytes) -> list[list[bytes]]:
+        """The ciphertexts of each sample, checked against this model (count and sizes)."""
+        return unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
+                             sizes=self.header["input_bytes"], max_samples=self.max_samples)
+
     def run(self, encrypted: bytes, evaluation_keys: Union[bytes, fhe.EvaluationKeys]) -> bytes:
         """Run the circuit on every sample of ``encrypted`` (from ``Client.encrypt``).
 
@@ -139,13 +144,11 @@ class Server:
         a previous run.
         """
         if self.cluster is not None:
-            samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
-                                    sizes=self.header["input_bytes"], max_samples=self.max_samples)
+            samples = self._samples(encrypted)
             return pack_values("outputs", self.fingerprint, self.cluster.run(samples, evaluation_keys, self._key_bytes))
         keys = (evaluation_keys if isinstance(evaluation_keys, fhe.EvaluationKeys)
                 else self._cached_keys(evaluation_keys))
-        samples = unpack_values(encrypted, "inputs", self.fingerprint, n_args=self.header["n_inputs"],
-                                sizes=self.header["input_bytes"], max_samples=self.max_samples)
+        samples = self._samples(encrypted)
 
         def one(values: list[bytes]) -> list[bytes]:
             try:
