@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     X_train, X_test, y_train, y_test = make_checkerboard()
-    settings = {"random_state": args.seed}
+    settings = {"random_state": args.seed, "verbose": 1}  # a progress bar over the epochs
     if args.max_epochs is not None:
         settings["max_epochs"] = args.max_epochs
     model = make_pipeline(StandardScaler(), NeuralNetClassifier(**settings))
@@ -60,6 +60,7 @@ def main(argv=None) -> dict:
     results["keygen_s"] = round(time.perf_counter() - start, 2)
     n = args.fhe_samples
     latencies = []
+    model[-1].verbose = 0  # no progress bar for single samples
     for i in range(4):  # the first run also pays one-off set-up: reported apart
         start = time.perf_counter()
         model.predict(X_test[i : i + 1], fhe="execute")

@@ -22,6 +22,7 @@ from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_a
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
 from .pruning import PruneWeights
 from .qat_module import QATMLP
+from .progress import EpochProgress
 from .schedule import OneCycle
 from .targets import _ClassLabels, _Targets
 
@@ -302,7 +303,9 @@ class FheMixin:
     def _default_callbacks(self):
         # where skorch's nets declare their defaults (the classifier its valid_acc): fit,
         # set_params and get_params all find them here, before fit as after
-        return [*super()._default_callbacks, ("prune", PruneWeights()), ("one_cycle", OneCycle())]
+        skorch_defaults = [(name, EpochProgress() if name == "print_log" else callback)
+                           for name, callback in super()._default_callbacks]
+        return [*skorch_defaults, ("prune", PruneWeights()), ("one_cycle", OneCycle())]
 
     def compile(self, X, configuration=None, p_error: Optional[float] = None,
                 global_p_error: Optional[float] = None, rounding_threshold_bits="default", verbose: bool = False):

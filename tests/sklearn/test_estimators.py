@@ -143,6 +143,18 @@ def test_clone_and_params():
     assert hasattr(NeuralNetClassifier, "compile") and callable(clf.compile)
 
 
+@pytest.mark.parametrize("verbose", [0, 1, 2])
+def test_verbose_shows_a_bar_over_the_epochs_or_the_table(data, verbose, capsys):
+    X, y = data
+    NeuralNetClassifier(**SMALL, verbose=verbose).fit(X, y)
+    out, err = capsys.readouterr()
+    assert ("training" in err and "4/4" in err and "train_loss=" in err) == (verbose == 1)
+    # skorch's table: a header and a row per epoch
+    assert ("train_loss" in out and len(out.strip().splitlines()) >= 4 + 2) == (verbose == 2)
+    if verbose == 0:
+        assert "train_loss" not in out + err
+
+
 def test_pruning_keeps_max_non_zero_weights_per_neuron(data):
     X, y = data
     clf = NeuralNetClassifier(**{**SMALL, "module__max_non_zero": 2}).fit(X, y)
