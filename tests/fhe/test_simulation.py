@@ -1,5 +1,6 @@
 """The batched simulation: equal to concrete-python's when nothing is random, and drawing
-the bootstrap's noise as FHE does (approximate rounding's mistakes included) otherwise."""
+the bootstrap's noise as FHE does (the mistakes of approximate rounding and of exact
+rounding's own bootstraps included) otherwise."""
 import numpy as np
 import pytest
 import torch
@@ -36,12 +37,38 @@ def test_batched_simulation_equals_concrete_simulation(rounding):
     np.testing.assert_array_equal(ours, theirs)
 
 
-def test_exact_lookups_err_with_probability_p_error():
+def test_unrounded_lookups_err_with_probability_p_error():
     x = np.random.default_rng(0).integers(0, 1000, (2000, 64))
-    noise = LookupNoise(p_error=0.1, seed=0)
-    assert abs(_off_rate(_step("exact"), noise, x) - 0.1) < 0.01
-    assert abs(_off_rate(_step("exact", lsbs=0), noise, x) - 0.1) < 0.01
+    assert abs(_off_rate(_step("exact", lsbs=0), LookupNoise(p_error=0.1, seed=0), x) - 0.1) < 0.01
     np.testing.assert_array_equal(LookupNoise(p_error=0.0)(_step("exact"), x), _step("exact").rounded(x))
+
+
+def test_exact_rounding_draws_a_bootstrap_per_removed_bit():
+    x = np.random.default_rng(0).integers(0, 1000, (2000, 64))
+    rates = [_off_rate(_step("exact", lsbs), LookupNoise(p_error=0.1, seed=0), x) for lsbs in (1, 2, 4)]
+    # the table's p_error plus what the removed bits' bootstraps add (17.9% at 4 bits)
+    assert 0.1 + 0.02 < rates[0] < rates[1] < rates[2] < 0.2
+    step, noise = _step("exact"), LookupNoise(p_error=0.1, seed=0)
+    read, exact = noise(step, x), step.rounded(x)
+    assert abs(np.mean(read > exact) - np.mean(read < exact)) < 0.01  # off by an entry either way
+    # the removed bits near the middle are read wrong most: a mistake on the highest
+    # leaves the value half an entry away
+    middle, edge = np.isin(x % UNIT, (7, 8)), np.isin(x % UNIT, (0, 15))
+    assert np.mean(read[middle] != exact[middle]) > np.mean(read[edge] != exact[edge]) + 0.03
+    # without mistakes it is rounding half up, signed too
+    signed = TableLookup("lut", ["x"], "y", function=lambda v: v, lsbs_to_remove=3, exactness="exact",
+                         input_bounds=(-600, 500), sample_shape=(64,))
+    x = np.random.default_rng(1).integers(-600, 500, (500, 64))
+    np.testing.assert_array_equal(LookupNoise(p_error=1e-12, seed=0)(signed, x), signed.rounded(x))
+
+
+def test_exact_rounding_draws_are_keyed_by_row():
+    step, x = _step("exact"), np.random.default_rng(0).integers(0, 1000, (200, 64))
+    batch = LookupNoise(p_error=0.1).for_rows([x])(step, x)
+    alone = LookupNoise(p_error=0.1).for_rows([x[5:6]])(step, x[5:6])
+    np.testing.assert_array_equal(alone, batch[5:6])
+    other_seed = LookupNoise(p_error=0.1).for_rows([x], random_state=1)(step, x)
+    assert not np.array_equal(other_seed, batch)
 
 
 def test_approximate_rounding_errs_near_the_middle_between_entries():
@@ -75,6 +102,24 @@ def test_approximate_rounding_errs_in_fhe_as_simulated(p_error):
     if p_error < 0.1:  # the removed bits, not p_error, set the rate
         assert encrypted_rate > 5 * circuit.p_error
     assert abs(encrypted_rate - simulated_rate) < 0.07  # about 4 standard deviations of the encrypted estimate
+
+
+def test_exact_rounding_errs_in_fhe_as_simulated():
+    """Real encryption: 384 exactly rounded lookups err about as often as drawn, more than p_error."""
+    # a 6-bit accumulator rounded to 3 bits: 4 bootstraps per element, 3 of them for the removed bits
+    step = TableLookup("lut", ["x"], "y", function=lambda v: v, lsbs_to_remove=3, exactness="exact",
+                       input_bounds=(0, 59), sample_shape=(32,))
+    inputset = [np.full(32, 0), np.full(32, 59), *np.random.default_rng(1).integers(0, 60, (5, 32))]
+    circuit = fhe.Compiler(lambda x: step.fhe(x), {"x": "encrypted"}).compile(inputset, p_error=0.1)
+    x = np.random.default_rng(2).integers(0, 60, (12, 32))
+    encrypted = np.stack([circuit.encrypt_run_decrypt(row) for row in x])
+    encrypted_rate = np.mean(encrypted != step.numpy(x))
+    tiled = np.tile(x, (100, 1))
+    simulated_rate = np.mean(step.lookup(LookupNoise.from_circuit(circuit, seed=0)(step, tiled)) != step.numpy(tiled))
+    # one draw per lookup would give p_error; the removed bits' bootstraps add 7 points
+    # (encrypted: 16.1% of these 384 reads in one run, 16.7% of 1,536 in another; 17.0% drawn)
+    assert simulated_rate > 1.5 * circuit.p_error
+    assert abs(encrypted_rate - simulated_rate) < 0.07  # about 3.5 standard deviations of the encrypted estimate
 
 
 def test_approximate_rounding_errs_as_in_concrete_simulation():
