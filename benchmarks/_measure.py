@@ -54,6 +54,20 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def standardized_checkerboard() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The demo's checkerboard split, standardized as its pipeline does, in float32.
+
+    A model fitted on these rows can be deployed on its own: its clients send the same rows.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    from fheestimators import make_checkerboard
+
+    X_train, X_test, y_train, y_test = make_checkerboard()
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train).astype(np.float32), scaler.transform(X_test).astype(np.float32), y_train, y_test
+
+
 def brevitas_predict(pipeline, X: np.ndarray) -> np.ndarray:
     """Labels from the fitted pipeline's Brevitas network run in torch (no integer program, no FHE)."""
     clf = pipeline[-1]

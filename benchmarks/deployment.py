@@ -26,12 +26,10 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine  # noqa: E402
+from _measure import log, machine, standardized_checkerboard  # noqa: E402
 from _networks import QATPrunedSimpleNet, train  # noqa: E402
 
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-
-from fheestimators import NeuralNetClassifier, compile_brevitas_qat_model, make_checkerboard  # noqa: E402
+from fheestimators import NeuralNetClassifier, compile_brevitas_qat_model  # noqa: E402
 from fheestimators.deployment import Client, RemoteModel, Server, save  # noqa: E402
 
 
@@ -157,10 +155,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="short training, for a smoke run")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    X_train, X_test, y_train, y_test = make_checkerboard()
     # standardized as the demo's pipeline does: the deployed estimator then sees the same rows
-    scaler = StandardScaler().fit(X_train)
-    X_train, X_test = scaler.transform(X_train).astype(np.float32), scaler.transform(X_test).astype(np.float32)
+    X_train, X_test, y_train, y_test = standardized_checkerboard()
     results = {"machine": machine(), "rows": []}
 
     log("NeuralNetClassifier(): fit")

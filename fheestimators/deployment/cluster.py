@@ -202,6 +202,8 @@ class ClusterRunner:
         self.artefact_path = artefact
         self.fingerprint = fingerprint
         self.shipped = 0  # scatters made: one for the artefact, one per key set, unless the cluster loses them
+        # bytes scattered, by kind; each scatter is a broadcast: every worker receives a copy
+        self.shipped_bytes = {"artefact": 0, "keys": 0}
         self._artefact: Optional[distributed.Future] = None
         self._keys: OrderedDict[Hashable, tuple[str, distributed.Future, Keys]] = OrderedDict()
         self._lock = threading.Lock()
@@ -214,15 +216,16 @@ class ClusterRunner:
         if self._owns_client:
             self.client.close()
 
-    def _scatter(self, data: bytes) -> "distributed.Future":
+    def _scatter(self, data: bytes, kind: str) -> "distributed.Future":
         [future] = self.client.scatter([data], broadcast=True)
         self.shipped += 1
+        self.shipped_bytes[kind] += len(data)
         return future
 
     def _shipped_artefact(self) -> "distributed.Future":
         with self._lock:
             if self._artefact is None or self._artefact.status != "finished":
-                self._artefact = self._scatter(self.artefact_path.read_bytes())
+                self._artefact = self._scatter(self.artefact_path.read_bytes(), "artefact")
             return self._artefact
 
     def _shipped_keys(self, evaluation_keys: Keys, check: Callable[[Keys], bytes]) -> tuple[str, "distributed.Future"]:
@@ -235,7 +238,7 @@ class ClusterRunner:
                 return entry[0], entry[1]
             data = check(evaluation_keys)  # before any worker sees them
             digest = hashlib.sha256(data).hexdigest()
-            future = self._scatter(data)
+            future = self._scatter(data, "keys")
             self._keys[name] = (digest, future, evaluation_keys)
             self._keys.move_to_end(name)
             while len(self._keys) > SCATTERED_KEY_SETS:

@@ -93,12 +93,15 @@ def test_a_batch_on_the_cluster_equals_the_local_run(dask_server, dask_client, f
     assert sum(cache["loads"]["samples"] for cache in caches.values()) == 20
     assert [cache["loads"]["keys"] for cache in caches.values()] == [1, 1], caches  # both workers took chunks
     assert dask_server.cluster.shipped == 2  # the artefact and the key set
+    shipped_bytes = {"artefact": (saved_classifier / "server.zip").stat().st_size,
+                     "keys": len(dask_server.check_evaluation_keys(keys))}
+    assert dask_server.cluster.shipped_bytes == shipped_bytes
 
     # a second batch with the same keys: nothing shipped, loaded or even copied between workers
     with distributed.get_task_stream(dask_client) as stream:
         again = dask_server.run(fhe_client.encrypt(X[:3]), keys)
     np.testing.assert_array_equal(fhe_client.decrypt(again), classifier.predict(X[:3]))
-    assert dask_server.cluster.shipped == 2
+    assert dask_server.cluster.shipped == 2 and dask_server.cluster.shipped_bytes == shipped_bytes
     tasks = _run_tasks(stream)
     assert len(tasks) == 3  # one per chunk, none sent again with the data
     assert not [step for task in tasks for step in task["startstops"] if step["action"] != "compute"]
@@ -167,12 +170,14 @@ def _samples_run(dask_client) -> dict[str, int]:
 def test_keys_the_cluster_lost_are_shipped_again(dask_server, fhe_client, classifier, rows):
     keys = fhe_client.evaluation_keys()
     dask_server.run(fhe_client.encrypt(rows[:1]), keys)
-    shipped = dask_server.cluster.shipped
+    shipped, shipped_bytes = dask_server.cluster.shipped, dict(dask_server.cluster.shipped_bytes)
     _, future, _ = dask_server.cluster._keys[keys]
     future.cancel()  # as when the last worker holding them dies
     outputs = dask_server.run(fhe_client.encrypt(rows[:2]), keys)
     np.testing.assert_array_equal(fhe_client.decrypt(outputs), classifier.predict(rows[:2]))
     assert dask_server.cluster.shipped == shipped + 1
+    shipped_bytes["keys"] += len(dask_server.check_evaluation_keys(keys))  # the keys again, not the artefact
+    assert dask_server.cluster.shipped_bytes == shipped_bytes
 
 
 def _a_worker_running_a_chunk(dask_client, timeout: float = 60.0) -> str:
