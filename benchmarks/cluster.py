@@ -259,7 +259,7 @@ def main(argv=None) -> dict:
     log(f"Server(path).run, {n} samples")
     reference, runs["server_run"] = server_alone(folder, payload, client.encrypt(X[:1]), keys, n)
     server_labels = client.decrypt(reference)
-    equal = {}
+    equal, agree = {}, {}
     for n_workers in (int(w) for w in args.workers.split(",")):
         threads = args.threads_per_worker or max(1, cores // n_workers)
         name = f"cluster_{n_workers}_worker{'s' if n_workers > 1 else ''}"
@@ -267,6 +267,7 @@ def main(argv=None) -> dict:
         warmup = client.encrypt(X[: 2 * n_workers * threads])
         outputs, runs[name] = on_cluster(folder, n_workers, threads, payload, warmup, keys, n)
         equal[name] = equal_raw(client, outputs, reference)
+        agree[name] = round(float(np.mean(client.decrypt(outputs) == server_labels)), 4)
 
     key_bytes = len(Server(folder).check_evaluation_keys(keys))
     results = {
@@ -283,11 +284,12 @@ def main(argv=None) -> dict:
         },
         "runs": runs,
         "cluster_outputs_equal_server_run": equal,
-        "decrypted_equal_in_process": all(equal.values()),
+        "cluster_labels_agree_with_server_run": agree,
         "server_labels_agree_with_in_process_predict": round(float(np.mean(server_labels == labels)), 4),
-        "note": "the cluster runs and Server.run get the same ciphertexts and keys, so their decrypted outputs "
-                "must be equal; predict(fhe='execute') encrypts with its own keys and noise, so its labels "
-                "may differ where a lookup errs (p_error)",
+        "note": "the cluster runs and Server.run get the same ciphertexts and keys; a process runs them the "
+                "same every time, but two processes can read a lookup near a rounding edge differently, so at "
+                "a large p_error the outputs need not be bit-equal (they are at a negligible one, as the tests "
+                "check); predict(fhe='execute') encrypts with its own keys and noise",
         "sizing": sizing(runs, key_bytes),
     }
     text = json.dumps(results, indent=2)

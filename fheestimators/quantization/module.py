@@ -11,6 +11,7 @@ from ..fhe.artifacts import DebugArtifacts
 from ..fhe.compiler import compile_function, default_configuration
 from ..fhe.execution import LookupNoise, run_encrypted
 from ..fhe.modes import FheMode
+from .inputset import select_inputset
 from .program import IntegerProgram
 from .rounding import exact_fallback
 from .steps import bit_width
@@ -160,7 +161,8 @@ class QuantizedModule:
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         q = self._quantize(self._check_float_inputs(inputs))
         self.check_bit_widths()
-        inputset = [tuple(x[i : i + 1] for x in q) for i in range(q[0].shape[0])]
+        selected = select_inputset(self.program, q)  # the same bounds, at a cost that does not grow
+        inputset = [tuple(x[i : i + 1] for x in selected) for i in range(selected[0].shape[0])]
 
         def compile_program():
             return compile_function(

@@ -51,7 +51,7 @@ class IntegerProgram:
             if backend == "fhe":
                 values[step.output] = _traced(step, args)
             elif round_lookup is not None and isinstance(step, TableLookup):
-                values[step.output] = step.lookup(round_lookup(step, step.spread(np.asarray(args[0], dtype=np.int64))))
+                values[step.output] = step.read(round_lookup(step, step.spread(np.asarray(args[0], dtype=np.int64))))
             else:
                 values[step.output] = step.numpy(*args)
         results = tuple(values[out.source] for out in self.outputs)

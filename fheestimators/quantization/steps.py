@@ -49,6 +49,10 @@ class MatMul(Step):
     left: bool = False
 
     def numpy(self, x):
+        if _exact_in_float64(x, self.weight):  # BLAS: integer matmul in numpy is many times slower
+            x, weight = np.asarray(x, dtype=np.float64), self.weight.astype(np.float64)
+            out = np.matmul(weight, x) if self.left else np.matmul(x, weight)
+            return np.rint(out).astype(np.int64)
         return np.matmul(self.weight, x) if self.left else np.matmul(x, self.weight)
 
 
@@ -175,8 +179,28 @@ class TableLookup(Step):
             rounded = rounded - self.shift
         return self.function(rounded if self.gain is None else rounded / self.gain)
 
+    def read(self, rounded: np.ndarray) -> np.ndarray:
+        """``lookup`` on a batch: each element's table is evaluated once per value it takes.
+
+        An element reads few distinct values across a large batch (its accumulator's
+        range), so evaluating the table over that range and indexing it costs far less
+        than evaluating the function on every sample.
+        """
+        rounded = np.asarray(rounded, dtype=np.int64)
+        if rounded.ndim < 2 or len(rounded) < 64:
+            return self.lookup(rounded)
+        low = rounded.min(axis=0)
+        unit = 1 << self.lsbs_to_remove
+        if np.any((rounded - low) % unit):
+            unit = 1
+        span = int((rounded.max(axis=0) - low).max()) // unit + 1
+        if 2 * span > len(rounded):
+            return self.lookup(rounded)
+        table = np.asarray(self.lookup(low + unit * np.arange(span).reshape((span,) + (1,) * low.ndim)))
+        return np.take_along_axis(table, (rounded - low) // unit, axis=0)
+
     def numpy(self, x):
-        return self.lookup(self.rounded(np.asarray(x, dtype=np.int64)))
+        return self.read(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
         x = self.spread(x)
@@ -184,6 +208,15 @@ class TableLookup(Step):
             exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
             x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)
         return fhe.univariate(self.lookup)(x)
+
+
+def _exact_in_float64(x: np.ndarray, weight: np.ndarray) -> bool:
+    """Every partial sum of ``x @ weight`` is an integer float64 holds exactly (below 2**53)."""
+    x = np.asarray(x)
+    if x.size == 0 or not np.issubdtype(x.dtype, np.integer):
+        return False
+    largest = max(abs(int(x.max())), abs(int(x.min())))
+    return largest * int(np.abs(weight).astype(np.int64).sum()) < 2**53
 
 
 def bit_width(low: int, high: int) -> int:
