@@ -250,12 +250,17 @@ def test_per_layer_widths_must_match_the_layers(data):
         NeuralNetClassifier(**{**SMALL, "module__n_hidden": (5, 3)}).fit(X, y)
 
 
-@pytest.mark.parametrize("rounding, kept", [("default", [8, 8]), ((8, 6), [8, 6])], ids=str)
-def test_rounding_bits_per_layer(data, rounding, kept):
+# "default" depends on the width of the data: 8 bits up to 2 features, 7 beyond
+@pytest.mark.parametrize("rounding, n_features, kept", [("default", 4, [7, 7]), ("default", 2, [8, 8]),
+                                                        ((8, 6), 4, [8, 6])], ids=str)
+def test_rounding_bits_per_layer(data, rounding, n_features, kept):
     X, y = data
+    X = X[:, :n_features]
     clf = NeuralNetClassifier(module__n_layers=3, module__n_hidden=4, max_epochs=2, random_state=0).fit(X, y)
     if rounding != "default":
         clf.compile(X, rounding_threshold_bits=rounding)
+    else:
+        assert clf.compile_settings_["rounding_threshold_bits"] == {"n_bits": kept[0], "method": "approximate"}
     lookups = [report for report in clf.quantized_module_.layer_reports() if report.table_lookups]
     assert [report.accumulator_bits - report.lsbs_removed for report in lookups] == kept
     assert all(report.accumulator_bits > 8 for report in lookups)  # both were rounded
