@@ -24,10 +24,7 @@ def bounding_rows(program: IntegerProgram, q_inputs: Sequence[np.ndarray]) -> np
     output, its lowest and highest value on ``q_inputs`` (a batch per program input)."""
     n_rows = len(q_inputs[0])
     rows = {0}  # concrete traces the graph on the first sample: keep it first
-    values = dict(zip(program.input_names, q_inputs))
-    for step in program.steps:
-        values[step.output] = step.numpy(*(values[name] for name in step.inputs))
-    for array in values.values():
+    for array in program.values(*q_inputs).values():
         flat = np.asarray(array).reshape(n_rows, -1)
         rows.update(np.argmin(flat, axis=0).tolist())
         rows.update(np.argmax(flat, axis=0).tolist())

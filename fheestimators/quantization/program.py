@@ -57,25 +57,27 @@ class IntegerProgram:
         results = tuple(values[out.source] for out in self.outputs)
         return results if len(results) > 1 else results[0]
 
-    def measure_bounds(self, *q_inputs) -> None:
-        """Record each lookup's input and output range on a data set (after rounding)."""
+    def values(self, *q_inputs) -> dict[str, np.ndarray]:
+        """Every input and step output, by name, computed in numpy on a batch."""
         values = dict(zip(self.input_names, q_inputs))
         for step in self.steps:
-            args = [values[name] for name in step.inputs]
-            out = values[step.output] = step.numpy(*args)
-            if isinstance(step, TableLookup):
-                rounded = step.rounded(args[0])
-                step.input_bounds = (int(rounded.min()), int(rounded.max()))
-                step.output_bounds = (int(out.min()), int(out.max()))
+            values[step.output] = step.numpy(*[values[name] for name in step.inputs])
+        return values
+
+    def measure_bounds(self, *q_inputs) -> None:
+        """Record each lookup's input and output range on a data set (after rounding)."""
+        values = self.values(*q_inputs)
+        for step in self.table_lookups:
+            rounded = step.rounded(values[step.inputs[0]])
+            out = values[step.output]
+            step.input_bounds = (int(rounded.min()), int(rounded.max()))
+            step.output_bounds = (int(out.min()), int(out.max()))
 
     def step_bit_widths(self, *q_inputs) -> list[tuple[Step, int]]:
         """Each step with the bit-width of its output on a data set."""
-        values = dict(zip(self.input_names, q_inputs))
-        widths = []
-        for step in self.steps:
-            out = values[step.output] = step.numpy(*[values[name] for name in step.inputs])
-            widths.append((step, bit_width(int(out.min()), int(out.max()))))
-        return widths
+        values = self.values(*q_inputs)
+        return [(step, bit_width(int(values[step.output].min()), int(values[step.output].max())))
+                for step in self.steps]
 
 
 def _traced(step: Step, args):
