@@ -1,7 +1,7 @@
 """The integer program: quantized inputs -> steps -> outputs to dequantize in the clear."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -26,6 +26,24 @@ class Output:
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         values = self.scale * np.asarray(q, dtype=np.float64) + self.offset
         return values if self.fn is None else np.asarray(self.fn(values), dtype=np.float64)
+
+    def followed_by(self, scale, offset) -> "Output":
+        """This output mapped by ``scale * value + offset`` (per column), as one dequantization."""
+        if self.fn is None:
+            return replace(self, scale=self.scale * scale, offset=self.offset * scale + offset)
+        return replace(self, fn=_Affine(self.fn, np.asarray(scale), np.asarray(offset)))
+
+
+@dataclass(frozen=True)
+class _Affine:
+    """``scale * fn(values) + offset``: a picklable composition."""
+
+    fn: Callable[[np.ndarray], np.ndarray]
+    scale: np.ndarray
+    offset: np.ndarray
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        return self.scale * np.asarray(self.fn(values), dtype=np.float64) + self.offset
 
 
 @dataclass

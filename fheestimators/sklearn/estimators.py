@@ -25,6 +25,7 @@ from .qat_module import QATMLP
 from .progress import EpochProgress
 from .schedule import OneCycle
 from .targets import _ClassLabels, _Targets
+from .validation import EarlyStoppingMixin, StopWhenValidationStalls, scoring_the_network
 
 __all__ = [
     "NeuralNetClassifier",
@@ -76,7 +77,7 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class FheMixin:
+class FheMixin(EarlyStoppingMixin):
     """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
 
     Holds the settings both estimators share; each sets its own default ``criterion``.
@@ -202,6 +203,7 @@ class FheMixin:
         settings = self._compile_settings()  # checked before training, not after
         X, y = self._training_data(X, y, reset=restart, classes=classes)
         self._record_data_range(X, reset=restart)
+        self._resolve_early_stopping(len(X), fresh=restart)
         with self._torch_seed(), _one_torch_thread():
             if restart:
                 self.initialize()
@@ -306,8 +308,10 @@ class FheMixin:
         # where skorch's nets declare their defaults (the classifier its valid_acc): fit,
         # set_params and get_params all find them here, before fit as after
         skorch_defaults = [(name, EpochProgress() if name == "print_log" else callback)
-                           for name, callback in super()._default_callbacks]
-        return [*skorch_defaults, ("prune", PruneWeights()), ("one_cycle", OneCycle())]
+                           for name, callback in scoring_the_network(super()._default_callbacks)]
+        # early stopping after pruning, which leaves plain weights for it to save at each epoch's end
+        return [*skorch_defaults, ("prune", PruneWeights()), ("one_cycle", OneCycle()),
+                ("early_stopping", StopWhenValidationStalls())]
 
     def compile(self, X, configuration=None, p_error: Optional[float] = None,
                 global_p_error: Optional[float] = None, rounding_threshold_bits="default", verbose: bool = False):
@@ -573,12 +577,32 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
 
 
 class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
-    """A QAT neural network regressor that predicts on encrypted data; see ``NeuralNetClassifier``."""
+    """A QAT neural network regressor that predicts on encrypted data.
+
+    Takes the parameters of ``NeuralNetClassifier`` (but ``classes``), and:
+
+    Parameters
+    ----------
+    normalize_y : bool, default=True
+        Train on each target column scaled to mean 0 and variance 1 (``target_mean_``,
+        ``target_scale_``); predictions, in every ``fhe`` mode and from saved models,
+        are in the units of ``y``. False trains on ``y`` as given.
+    """
 
     _float_twin = FloatNeuralNetRegressor
 
-    def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, **kwargs):
-        super().__init__(module, *args, criterion=criterion, **kwargs)
+    def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, normalize_y: bool = True, **kwargs):
+        super().__init__(module, *args, criterion=criterion, normalize_y=normalize_y, **kwargs)
+
+    def _compile(self, X: np.ndarray, settings: dict, verbose: bool = False):
+        super()._compile(X, settings, verbose=verbose)
+        # the network learnt normalized targets: dequantize straight to y's units, so the
+        # module, saved models and clients all predict in them
+        if not hasattr(self, "target_mean_"):
+            return self  # saved by a version that trained on y as given
+        program = self.quantized_module_.program
+        program.outputs = [out.followed_by(self.target_scale_, self.target_mean_) for out in program.outputs]
+        return self
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

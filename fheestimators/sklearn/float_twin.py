@@ -12,6 +12,7 @@ from torch import nn
 from .qat_module import layer_widths
 from .schedule import OneCycle
 from .targets import _ClassLabels, _Targets
+from .validation import EarlyStoppingMixin, StopWhenValidationStalls, scoring_the_network
 
 __all__ = ["FloatMLP", "FloatNeuralNetClassifier", "FloatNeuralNetRegressor"]
 
@@ -49,16 +50,18 @@ class FloatMLP(nn.Module):
         return self.layers(x)
 
 
-class _FloatTwin:
+class _FloatTwin(EarlyStoppingMixin):
     """What both twins share: the FHE estimators' data handling and learning-rate schedule,
     so that only quantization differs."""
 
     def get_default_callbacks(self):
-        return [*super().get_default_callbacks(), ("one_cycle", OneCycle())]
+        defaults = scoring_the_network(super().get_default_callbacks())
+        return [*defaults, ("one_cycle", OneCycle()), ("early_stopping", StopWhenValidationStalls())]
 
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``; returns ``self``."""
         X, y = self._training_data(X, y, reset=True)
+        self._resolve_early_stopping(len(X), fresh=True)
         return super().fit(X, y, **fit_params)
 
 
@@ -89,4 +92,5 @@ class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
     def predict(self, X) -> np.ndarray:
         """Predicted values, shaped like the ``y`` of ``fit``."""
         check_is_fitted(self)
-        return self._shaped(super().predict(validate_data(self, X, reset=False, dtype=np.float32)))
+        values = super().predict(validate_data(self, X, reset=False, dtype=np.float32))
+        return self._shaped(self._target_units(values))

@@ -24,8 +24,8 @@ def _row_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
 class PruneWeights(Callback):
     """Prune each linear layer to ``max_non_zero`` inputs per neuron during training.
 
-    The mask follows the weights: it is recomputed after every epoch, and made
-    permanent when training ends.
+    The mask follows the weights: it is recomputed from them at the start of every
+    epoch and made permanent at its end.
 
     Parameters
     ----------
@@ -54,13 +54,18 @@ class PruneWeights(Callback):
                 prune.remove(layer, "weight")
             prune.custom_from_mask(layer, "weight", _row_mask(layer.weight.detach(), keep))
 
-    def on_train_begin(self, net, **kwargs):
-        self._apply(net)
-
-    def on_epoch_end(self, net, **kwargs):
-        self._apply(net)
-
-    def on_train_end(self, net, **kwargs):
+    def _bake(self, net) -> None:
         for layer in self._layers(net):
             if prune.is_pruned(layer):
                 prune.remove(layer, "weight")
+
+    def on_epoch_begin(self, net, **kwargs):
+        self._apply(net)
+
+    def on_epoch_end(self, net, **kwargs):
+        # plain weights between epochs, so that callbacks which save and restore the
+        # module (EarlyStopping's load_best, Checkpoint) see the same keys throughout
+        self._bake(net)
+
+    def on_train_end(self, net, **kwargs):
+        self._bake(net)

@@ -39,7 +39,16 @@ class _ClassLabels:
 
 
 class _Targets:
-    """Float targets, one column per output unit; a 1-D ``y`` gives 1-D predictions."""
+    """Float targets, one column per output unit; a 1-D ``y`` gives 1-D predictions.
+
+    With ``normalize_y`` (the default), the network learns each target column scaled to
+    mean 0 and variance 1, and predictions are mapped back: on raw targets such as prices
+    or counts, Adam's small steps spend most of the training reaching the targets' mean.
+    """
+
+    def __init__(self, *args, normalize_y: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.normalize_y = normalize_y
 
     def _training_data(self, X, y, reset: bool, classes=None) -> tuple[np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, reset=reset, dtype=np.float32, multi_output=True, y_numeric=True)
@@ -47,12 +56,21 @@ class _Targets:
         if reset:
             self.y_is_1d_ = y.ndim == 1
             self.n_outputs_ = targets.shape[1]
+            mean, scale = np.zeros(self.n_outputs_), np.ones(self.n_outputs_)
+            if self.normalize_y:
+                mean, scale = targets.mean(axis=0, dtype=np.float64), targets.std(axis=0, dtype=np.float64)
+                scale[scale == 0] = 1.0  # a constant column: nothing to scale
+            self.target_mean_, self.target_scale_ = mean, scale
         elif targets.shape[1] != self.n_outputs_:
             raise ValueError(
                 f"y has {targets.shape[1]} target(s), but {type(self).__name__} was fitted with "
                 f"{self.n_outputs_}: call fit, not partial_fit, to learn other targets"
             )
-        return X, targets
+        return X, ((targets - self.target_mean_) / self.target_scale_).astype(np.float32)
+
+    def _target_units(self, values: np.ndarray) -> np.ndarray:
+        """The network's outputs in the units of ``y``."""
+        return values * self.target_scale_ + self.target_mean_
 
     def _shaped(self, predictions: np.ndarray) -> np.ndarray:
         return predictions.ravel() if self.y_is_1d_ else predictions

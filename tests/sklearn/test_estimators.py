@@ -12,6 +12,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from skorch.callbacks import EarlyStopping
+from skorch.dataset import ValidSplit
 
 from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
 from fheestimators.sklearn.qat_module import QATMLP
@@ -264,3 +266,32 @@ def test_rounding_bits_per_layer(data, rounding, n_features, kept):
     lookups = [report for report in clf.quantized_module_.layer_reports() if report.table_lookups]
     assert [report.accumulator_bits - report.lsbs_removed for report in lookups] == kept
     assert all(report.accumulator_bits > 8 for report in lookups)  # both were rounded
+
+
+def test_regressor_learns_targets_in_their_units():
+    X, y = make_regression(n_samples=200, n_features=3, noise=1.0, random_state=0)
+    y = (5000 + 300 * y).astype(np.float32)  # far from the mean 0, variance 1 a network starts at
+    params = dict(module__n_hidden=8, max_epochs=15, lr=0.05, batch_size=32, random_state=0)
+    reg = NeuralNetRegressor(**params).fit(X, y)
+    assert reg.target_mean_ == pytest.approx([y.mean()], rel=1e-5)
+    assert reg.target_scale_ == pytest.approx([y.std()], rel=1e-5)
+    assert reg.score(X, y) > 0.8
+    for fhe in ("disable", "simulate"):
+        assert abs(reg.predict(X, fhe=fhe).mean() - y.mean()) < 0.1 * y.std()
+    # the same training on y as given does not even reach the targets' mean
+    raw = NeuralNetRegressor(**params, normalize_y=False).fit(X, y)
+    assert raw.score(X, y) < 0
+
+
+def test_validation_split_and_early_stopping_restore_pruned_weights(data):
+    X, y = data
+    early = EarlyStopping(patience=2, load_best=True)
+    clf = NeuralNetClassifier(**{**SMALL, "max_epochs": 30, "module__max_non_zero": 2},
+                              train_split=ValidSplit(0.25, random_state=0), callbacks=[("early", early)])
+    clf.fit(X, y)
+    # valid_acc scores the network being trained: predict has no circuit until fit ends
+    assert all(0 <= acc <= 1 for acc in clf.history[:, "valid_acc"])
+    assert clf.history[early.best_epoch_ - 1, "valid_loss"] == min(clf.history[:, "valid_loss"])
+    for layer in clf.module_.linear_layers:  # the restored weights are the pruned ones
+        if layer.in_features > 2:
+            assert int((layer.weight != 0).sum(dim=1).max()) <= 2
