@@ -26,7 +26,6 @@ import argparse
 import json
 import statistics
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,21 +47,12 @@ VARIANTS = {
 }
 
 
-@contextmanager
-def tabulation_limit(limit: int):
-    saved = tabulation.MAX_TABULATED_COMBINATIONS
-    tabulation.MAX_TABULATED_COMBINATIONS = limit
-    try:
-        yield
-    finally:
-        tabulation.MAX_TABULATED_COMBINATIONS = saved
-
-
 def measure(model, X_train, X_test, brevitas, variant: dict, execute_points: int, timed: int) -> dict:
     inputset = X_train
     if "extra_point" in variant:
         inputset = np.concatenate([X_train, np.array([variant["extra_point"]], dtype=X_train.dtype)])
-    with tabulation_limit(tabulation.MAX_TABULATED_COMBINATIONS if variant["tabulate"] else 0), stopwatch() as t:
+    limit = tabulation.MAX_TABULATED_COMBINATIONS if variant["tabulate"] else 0
+    with tabulation.tabulation_limit(limit), stopwatch() as t:
         module = compile_brevitas_qat_model(model, inputset, **variant["options"])
     circuit = module.fhe_circuit
     row = {"compile_s": round(t.wall, 2), **circuit_costs(circuit),
