@@ -321,7 +321,9 @@ def compile_brevitas_qat_model(
         (at least 100 samples; fewer keep every accumulator whole), exactly, so the
         encrypted run equals the simulation. The low-bit activations of QAT networks
         make this cheap in accuracy and 3 to 6 times faster in FHE. None gives the
-        Brevitas outputs exactly.
+        Brevitas outputs exactly. Inputs that take at most 64 combinations in all
+        (2 features of 3 bits) skip rounding: the network becomes one exact lookup per
+        output (``quantization/tabulate.py``), with the Brevitas outputs exactly.
     output_onnx_file : str or Path, optional
         Where to keep the exported QONNX model (a temporary file otherwise).
 
