@@ -128,3 +128,50 @@ def test_tabulated_circuit_runs_inputs_it_never_saw():
     every = all_inputs(module.program, module.program.input_domains)[0]
     np.testing.assert_array_equal(module.quantized_forward(every, fhe="simulate"), module.quantized_forward(every))
     np.testing.assert_array_equal(module.forward(corner, fhe="execute"), module.forward(corner))
+
+
+class _TwoOutputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = torch.nn.Linear(2, 4), torch.nn.Linear(4, 3), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), self.c(h).reshape(-1, 1, 2)
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(2, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return self.b(torch.relu(self.a(torch.cat([x, y], dim=1))))
+
+
+def test_several_outputs_of_any_shape_read_one_table():
+    torch.manual_seed(0)
+    model, x = _TwoOutputs(), np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    with tabulation_limit(0):
+        reference = build_quantized_module(model, x, n_bits=2)
+    module = compile_torch_model(model, x, n_bits=2)
+    assert module.fhe_circuit.programmable_bootstrap_count == 5
+    every = all_inputs(module.program, module.program.input_domains)
+    for tabulated, untabulated in zip(module.program.run(*every), reference.program.run(*every)):
+        np.testing.assert_array_equal(tabulated, untabulated)
+    clear = module.forward(x[:2])
+    for executed, expected in zip(module.forward(x[:2], fhe="execute"), clear):
+        np.testing.assert_array_equal(executed, expected)
+
+
+def test_several_inputs_are_packed_together():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 1)).astype(np.float32), rng.normal(size=(200, 1)).astype(np.float32)
+    with tabulation_limit(0):
+        reference = build_quantized_module(_TwoInputs(), (x, y), n_bits=3)
+    torch.manual_seed(0)
+    module = build_quantized_module(_TwoInputs(), (x, y), n_bits=3)
+    assert module.program.input_domains == [(0, 7), (0, 7)]
+    every = all_inputs(module.program, module.program.input_domains)
+    np.testing.assert_array_equal(module.program.run(*every), reference.program.run(*every))
