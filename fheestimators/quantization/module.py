@@ -15,6 +15,7 @@ from .inputset import select_inputset
 from .program import IntegerProgram
 from .rounding import exact_fallback
 from .steps import bit_width
+from .tabulate import all_inputs
 from .report import LayerReport, layer_reports, format_report
 from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH, MAX_TLU_BIT_WIDTH
 
@@ -44,7 +45,7 @@ class QuantizedModule:
         #: per input, the lowest and highest integer the circuit was built (then compiled)
         #: for; quantized inputs are clipped to them in every mode
         self.input_ranges: Optional[list[tuple[int, int]]] = (
-            _input_ranges(calibration_q) if calibration_q is not None else None)
+            _input_ranges(calibration_q, program.input_domains) if calibration_q is not None else None)
 
     # -- inputs and outputs ----------------------------------------------------
     @property
@@ -161,6 +162,9 @@ class QuantizedModule:
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         q = self._quantize(self._check_float_inputs(inputs))
         self.check_bit_widths()
+        if self.program.input_domains is not None:
+            # a tabulated program: every input it accepts, so that every table entry is in the bounds
+            q = all_inputs(self.program, self.program.input_domains)
         selected = select_inputset(self.program, q)  # the same bounds, at a cost that does not grow
         inputset = [tuple(x[i : i + 1] for x in selected) for i in range(selected[0].shape[0])]
 
@@ -190,7 +194,7 @@ class QuantizedModule:
                 RuntimeWarning, stacklevel=2,
             )
             self.fhe_circuit = compile_program()
-        self.input_ranges = _input_ranges(q)
+        self.input_ranges = _input_ranges(q, self.program.input_domains)
         self._noise = None
         # what compile_for_deployment needs to build the same circuit with compressed keys
         self._compile_inputs = (inputset, configuration, dict(
@@ -258,16 +262,20 @@ class QuantizedModule:
         return max(widths + [r.accumulator_bits for r in self.layer_reports()], default=0)
 
 
-def _input_ranges(q: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+def _input_ranges(q: Sequence[np.ndarray], domains: Optional[Sequence[tuple[int, int]]] = None
+                  ) -> list[tuple[int, int]]:
     """Per input, the range of the integer type concrete-python gives it for this inputset.
 
     That type is the smallest holding the inputset's values (signed if one is negative);
     a value beyond it cannot be encrypted for the circuit, every value within it can.
+    A tabulated program's tables hold its ``domains`` only: the ranges stop there too.
     """
     ranges = []
     for x in q:
         bits = bit_width(int(x.min()), int(x.max()))
         ranges.append((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if x.min() < 0 else (0, (1 << bits) - 1))
+    if domains is not None:
+        ranges = [(max(low, d_low), min(high, d_high)) for (low, high), (d_low, d_high) in zip(ranges, domains)]
     return ranges
 
 

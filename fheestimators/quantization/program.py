@@ -55,6 +55,8 @@ class IntegerProgram:
     steps: list[Step]
     outputs: list[Output]
     sample_shapes: list[tuple] = field(default_factory=list)
+    #: per input, the only integers the steps are valid for (set by ``tabulate``), or None
+    input_domains: Optional[list[tuple[int, int]]] = None
 
     @property
     def table_lookups(self) -> list[TableLookup]:

@@ -16,9 +16,10 @@ from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch
 from ..onnx.graph import Graph
 from ..quantization.builder import build_program
 from ..quantization.dead_lookups import remove_dead_lookups
-from ..quantization.module import QuantizedModule
+from ..quantization.module import QuantizedModule, _input_ranges
 from ..quantization.quantizers import NBits
 from ..quantization.rounding import AUTO_EXACT, RoundingLike, apply_rounding
+from ..quantization.tabulate import input_domains, tabulate
 
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
@@ -162,7 +163,9 @@ def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, b
     program = build_program(graph, arrays, parsed_bits, qat=import_qat or brevitas, strict_qat=brevitas)
     remove_dead_lookups(program)
     calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
-    apply_rounding(program, calibration_q, rounding_threshold_bits)
+    # few input combinations: one exact lookup per output, which rounding could only spoil
+    if not tabulate(program, input_domains(program.input_quantizers, _input_ranges(calibration_q))):
+        apply_rounding(program, calibration_q, rounding_threshold_bits)
     program.measure_bounds(*calibration_q)
     module = QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
     # read when compiling: advise what the function the user called accepts
@@ -318,7 +321,9 @@ def compile_brevitas_qat_model(
         (at least 100 samples; fewer keep every accumulator whole), exactly, so the
         encrypted run equals the simulation. The low-bit activations of QAT networks
         make this cheap in accuracy and 3 to 6 times faster in FHE. None gives the
-        Brevitas outputs exactly.
+        Brevitas outputs exactly. Inputs that take at most 64 combinations in all
+        (2 features of 3 bits) skip rounding: the network becomes one exact lookup per
+        output (``quantization/tabulate.py``), with the Brevitas outputs exactly.
     output_onnx_file : str or Path, optional
         Where to keep the exported QONNX model (a temporary file otherwise).
 

@@ -54,7 +54,7 @@ def test_dead_neurons_are_skipped_in_fhe_too():
     np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
 
 
-def test_chained_lookups_shrink_together(monkeypatch):
+def test_chained_lookups_shrink_together(monkeypatch, untabulated):
     """A quantizer before the activation makes two lookups per neuron: both lose the dead ones."""
     import brevitas.nn as qnn
     from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat

@@ -298,7 +298,7 @@ def test_auto_rounding_keeps_the_decisions_on_the_calibration_data(unrounded):
     assert np.mean(module.forward(X.numpy()).argmax(1) == base.forward(X.numpy()).argmax(1)) < agree
 
 
-def test_auto_rounding_judges_the_dequantized_outputs():
+def test_auto_rounding_judges_the_dequantized_outputs(untabulated):
     from fheestimators.quantization.rounding import AUTO_TOLERANCE
 
     torch.manual_seed(5)

@@ -12,7 +12,7 @@ MODEL = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
 X = torch.randn(50, 2)
 
 
-def test_artifacts_record_every_stage(tmp_path, capsys):
+def test_artifacts_record_every_stage(tmp_path, capsys, untabulated):
     artifacts = DebugArtifacts(tmp_path / "art")
     module = compile_torch_model(MODEL, X, n_bits=3, artifacts=artifacts, verbose=True, show_mlir=True)
     out = capsys.readouterr().out

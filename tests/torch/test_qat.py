@@ -34,6 +34,7 @@ from torch import nn
 
 from fheestimators.datasets import make_checkerboard
 from fheestimators.quantization.steps import MatMul
+from fheestimators.quantization.tabulate import tabulation_limit
 from fheestimators.torch.compile import (
     build_quantized_module,
     compile_brevitas_qat_model,
@@ -45,6 +46,14 @@ from fheestimators.torch.compile import (
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 FIDELITY_ATOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def untabulated_builds():
+    """These tests check each layer's lookups and rounding; on their 2-feature inputs the
+    networks would otherwise be tabulated (tests/quantization/test_tabulate.py)."""
+    with tabulation_limit(0):
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

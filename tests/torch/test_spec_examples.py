@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from fheestimators.quantization.tabulate import tabulation_limit
 from fheestimators.torch.compile import compile_torch_model
 
 N_FEAT = 2
@@ -29,6 +30,14 @@ class SimpleNet(nn.Module):
         x = torch.relu(self.fc2(x))
         x = self.fc3(x)
         return x
+
+
+@pytest.fixture(scope="module", autouse=True)
+def untabulated_builds():
+    """These tests check one bootstrap per hidden neuron, as the specification counts them;
+    on 2 features of 3 bits the networks would otherwise be tabulated (test_tabulate.py)."""
+    with tabulation_limit(0):
+        yield
 
 
 @pytest.fixture(scope="module")
