@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine  # noqa: E402
+from _measure import log, machine, stopwatch  # noqa: E402
 
 from fheestimators import compile_torch_model  # noqa: E402
 from fheestimators.fhe.cost import CircuitWork, DEFAULT_COST_MODEL, estimate_cost, fit_cost_model  # noqa: E402
@@ -51,14 +51,16 @@ def mlp(widths: list[int]) -> torch.nn.Module:
     return torch.nn.Sequential(*layers).eval()
 
 
-def median_execute_s(module, X: np.ndarray, repeats: int) -> float:
+def median_execute_s(module, X: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of one-sample encrypted runs."""
     module.forward(X[:1], fhe="execute")  # the first run after key generation pays one-off set-up
-    times = []
+    wall, cpu = [], []
     for i in range(1, repeats + 1):
-        start = time.perf_counter()
-        module.forward(X[i : i + 1], fhe="execute")
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        with stopwatch() as t:
+            module.forward(X[i : i + 1], fhe="execute")
+        wall.append(t.wall)
+        cpu.append(t.cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure(name: str, widths: list[int], n_bits: int, rounding, p_error, repeats: int) -> dict:
@@ -66,14 +68,15 @@ def measure(name: str, widths: list[int], n_bits: int, rounding, p_error, repeat
     X = np.random.default_rng(0).normal(size=(300, widths[0])).astype(np.float32)
     module = compile_torch_model(mlp(widths), X, n_bits=n_bits, rounding_threshold_bits=rounding, p_error=p_error)
     circuit = module.fhe_circuit
-    start = time.perf_counter()
-    circuit.keygen(force=True)
-    keygen_s = time.perf_counter() - start
-    execute_s = median_execute_s(module, X, repeats)
+    with stopwatch() as keygen:
+        circuit.keygen(force=True)
+    keygen_s = keygen.wall
+    execute_s, execute_cpu_s = median_execute_s(module, X, repeats)
     cost = estimate_cost(circuit, DEFAULT_COST_MODEL)
     row = {"name": name, **asdict(CircuitWork.of(circuit)), "bootstrap_keys": cost.bootstrap_keys,
-           "keygen_s": round(keygen_s, 3), "execute_s": round(execute_s, 4), "load_average_1min": machine()[
-               "load_average_1min"]}
+           "keygen_s": round(keygen_s, 3), "execute_s": round(execute_s, 4),
+           "keygen_cpu_s": round(keygen.cpu, 3), "execute_cpu_s": round(execute_cpu_s, 4),
+           "load_average_1min": machine()["load_average_1min"]}
     circuit.cleanup()
     log(f"{name}: {cost.programmable_bootstraps} PBS {cost.bootstrap_keys}, keygen {keygen_s:.2f} s, "
         f"execute {execute_s:.3f} s")

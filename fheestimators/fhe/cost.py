@@ -37,8 +37,10 @@ class CostModel:
     execute_bootstrap × bootstraps``, with concrete's ``complexity`` (its optimizer's
     count of the circuit's work: the bootstraps' and key switches' FFTs and products)
     and a fixed cost per bootstrap that it leaves out. Key generation:
-    ``keygen_s = keygen_intercept + bootstrap_key × plain bootstrap-key bytes +
-    keyswitch_key × plain key-switching-key bytes``.
+    ``keygen_s = keygen_intercept + keygen_bootstrap_key × bootstrap-key bytes +
+    keygen_bootstrap_polynomial × Σ bootstrap-key bytes × N + keygen_keyswitch_key ×
+    key-switching-key bytes`` (plain bytes; encrypting a bootstrap key multiplies
+    polynomials of ``N`` coefficients, which costs more per byte as ``N`` grows).
     """
 
     execute_intercept: float
@@ -46,6 +48,7 @@ class CostModel:
     execute_bootstrap: float
     keygen_intercept: float
     keygen_bootstrap_key: float
+    keygen_bootstrap_polynomial: float
     keygen_keyswitch_key: float
     #: where the coefficients come from: "default" or the calibration file's path
     source: str = "default"
@@ -58,6 +61,7 @@ class CostModel:
 
     def keygen_seconds(self, work: "CircuitWork") -> float:
         return (self.keygen_intercept + self.keygen_bootstrap_key * work.bootstrap_key_bytes
+                + self.keygen_bootstrap_polynomial * work.bootstrap_key_polynomial_bytes
                 + self.keygen_keyswitch_key * work.keyswitch_key_bytes)
 
     def save(self, path: Union[str, os.PathLike, None] = None) -> Path:
@@ -93,6 +97,7 @@ DEFAULT_COST_MODEL = CostModel(
     execute_bootstrap=1e-3,
     keygen_intercept=0.3,
     keygen_bootstrap_key=1.7e-8,
+    keygen_bootstrap_polynomial=0.0,
     keygen_keyswitch_key=1.7e-8,
 )
 
@@ -105,11 +110,13 @@ class CircuitWork:
     × N`` (``n`` input LWE dimension, ``k`` GLWE dimension, ``N`` polynomial size), a
     key-switching key ``levels × n_in × (n_out + 1)``; seeded compression keeps the
     bodies only (``n × levels × (k + 1) × N``, ``levels × n_in``).
+    ``bootstrap_key_polynomial_bytes`` sums each bootstrap key's bytes times its ``N``.
     """
 
     complexity: float
     bootstraps: int
     bootstrap_key_bytes: int
+    bootstrap_key_polynomial_bytes: int
     keyswitch_key_bytes: int
     bootstrap_key_bytes_compressed: int
     keyswitch_key_bytes_compressed: int
@@ -118,17 +125,18 @@ class CircuitWork:
     def of(cls, circuit: fhe.Circuit) -> "CircuitWork":
         keyset = circuit.server.client_specs.program_info.get_keyset_info()
         dims = [key.dimension() for key in keyset.secret_keys()]
-        bsk = bsk_seeded = ksk = ksk_seeded = 0
+        bsk = bsk_polynomial = bsk_seeded = ksk = ksk_seeded = 0
         for key in keyset.bootstrap_keys():
             bodies = key.input_lwe_dimension() * (key.glwe_dimension() + 1) * key.level() * key.polynomial_size()
             bsk += bodies * (key.glwe_dimension() + 1) * _BYTES_PER_WORD
+            bsk_polynomial += bodies * (key.glwe_dimension() + 1) * _BYTES_PER_WORD * key.polynomial_size()
             bsk_seeded += bodies * _BYTES_PER_WORD  # seeded: the masks are regenerated from a seed
         for key in keyset.keyswitch_keys():
             rows = key.level() * dims[key.input_secret_key_id()]
             ksk += rows * (dims[key.output_secret_key_id()] + 1) * _BYTES_PER_WORD
             ksk_seeded += rows * _BYTES_PER_WORD
         return cls(float(circuit.complexity), int(circuit.programmable_bootstrap_count),
-                   bsk, ksk, bsk_seeded, ksk_seeded)
+                   bsk, bsk_polynomial, ksk, bsk_seeded, ksk_seeded)
 
 
 @dataclass(frozen=True)
@@ -237,5 +245,5 @@ def fit_cost_model(rows: list[dict], info: Optional[dict] = None) -> CostModel:
         return list(coefficients / scale)
 
     execute = solve(["complexity", "bootstraps"], "execute_s")
-    keygen = solve(["bootstrap_key_bytes", "keyswitch_key_bytes"], "keygen_s")
+    keygen = solve(["bootstrap_key_bytes", "bootstrap_key_polynomial_bytes", "keyswitch_key_bytes"], "keygen_s")
     return CostModel(*execute, *keygen, source="fitted", info=dict(info or {}))
