@@ -92,13 +92,13 @@ class CostModel:
 
 # Measured on the development machine (2 cores, benchmarks/calibrate_cost.py); see design notes.
 DEFAULT_COST_MODEL = CostModel(
-    execute_intercept=0.02,
-    execute_complexity=1.4e-11,
-    execute_bootstrap=1e-3,
-    keygen_intercept=0.3,
-    keygen_bootstrap_key=1.7e-8,
-    keygen_bootstrap_polynomial=0.0,
-    keygen_keyswitch_key=1.7e-8,
+    execute_intercept=0.1702,
+    execute_complexity=3.556e-10,
+    execute_bootstrap=0.008776,
+    keygen_intercept=0,
+    keygen_bootstrap_key=3.928e-08,
+    keygen_bootstrap_polynomial=4.898e-12,
+    keygen_keyswitch_key=1.676e-08,
 )
 
 
