@@ -108,8 +108,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="training epochs of the estimators")
     parser.add_argument("--qat-epochs", type=int, default=20, help="training epochs of QATPrunedSimpleNet")
     parser.add_argument("--repeats", type=int, default=3, help="timed one-sample runs per network")
+    parser.add_argument("--networks", nargs="+", choices=("estimators", "qat"), default=["estimators", "qat"],
+                        help="which networks to measure")
     args = parser.parse_args()
-    rows = estimator_rows(args.epochs, args.repeats) + qat_rows(args.qat_epochs, args.repeats)
+    rows = ((estimator_rows(args.epochs, args.repeats) if "estimators" in args.networks else [])
+            + (qat_rows(args.qat_epochs, args.repeats) if "qat" in args.networks else []))
     print(json.dumps({"machine": machine(), "epochs": args.epochs, "qat_epochs": args.qat_epochs, "rows": rows},
                      indent=2))
 

@@ -22,8 +22,7 @@ from fheestimators import (
 from fheestimators.fhe.cost import COST_MODEL_ENV
 
 X, y = make_classification(n_samples=200, n_features=4, n_informative=3, n_redundant=0, random_state=0)
-# 2-bit weights and activations, approximate rounding to 3 bits at p_error 0.3: the
-# simulation errs often enough to differ from fhe="disable"
+# a circuit of a few bits, compiled in a second, whose simulation draws the bootstraps' mistakes
 TINY = dict(module__n_hidden=8, module__n_w_bits=2, module__n_a_bits=2, module__n_input_bits=3,
             rounding_threshold_bits=3, max_epochs=5, lr=0.05, random_state=0)
 
