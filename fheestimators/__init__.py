@@ -18,21 +18,33 @@ _PUBLIC = {
     "DebugArtifacts": ".fhe.artifacts",
     "NeuralNetClassifier": ".sklearn",
     "NeuralNetRegressor": ".sklearn",
+    "FheCost": ".fhe.cost",
     "QuantizedModule": ".quantization.module",
+    "best_within_latency": ".sklearn",
     "build_quantized_module": ".torch.compile",
     "compile_brevitas_qat_model": ".torch.compile",
     "compile_onnx_model": ".torch.compile",
     "compile_torch_model": ".torch.compile",
+    "latency_scorer": ".sklearn",
     "load": ".sklearn",
     "make_checkerboard": ".datasets",
+    "make_simulate_scorer": ".sklearn",
 }
 __all__ = sorted(_PUBLIC)
 
 if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
     from .datasets import make_checkerboard
     from .fhe.artifacts import DebugArtifacts
+    from .fhe.cost import FheCost
     from .quantization.module import QuantizedModule
-    from .sklearn import NeuralNetClassifier, NeuralNetRegressor, load
+    from .sklearn import (
+        NeuralNetClassifier,
+        NeuralNetRegressor,
+        best_within_latency,
+        latency_scorer,
+        load,
+        make_simulate_scorer,
+    )
     from .torch.compile import (
         build_quantized_module,
         compile_brevitas_qat_model,

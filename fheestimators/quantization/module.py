@@ -9,6 +9,7 @@ from concrete import fhe
 
 from ..fhe.artifacts import DebugArtifacts
 from ..fhe.compiler import compile_function, default_configuration
+from ..fhe.cost import CostModel, FheCost, estimate_cost
 from ..fhe.execution import LookupNoise, run_encrypted
 from ..fhe.modes import FheMode
 from .inputset import select_inputset
@@ -216,6 +217,16 @@ class QuantizedModule:
             compress_evaluation_keys=True, compress_input_ciphertexts=True)
         return compile_function(lambda *xs: self.program.run(*xs, backend="fhe"), inputset,
                                 n_inputs=self.n_inputs, configuration=configuration, **settings)
+
+    def cost(self, model: Optional[CostModel] = None) -> FheCost:
+        """What the compiled circuit costs, before any key exists: predicted seconds per
+        encrypted sample and of key generation, key sizes, bootstraps and bit-widths.
+
+        Times come from ``model``, by default the machine's calibration
+        (``benchmarks/calibrate_cost.py``) or the coefficients shipped with fheestimators.
+        """
+        self.check_model_is_compiled()
+        return estimate_cost(self.fhe_circuit, model)
 
     @property
     def forward_fhe(self) -> fhe.Circuit:

@@ -2,6 +2,7 @@
 from .estimators import NeuralNetClassifier, NeuralNetRegressor, load
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
 from .qat_module import QATMLP
+from .scoring import best_within_latency, latency_scorer, make_simulate_scorer
 
 __all__ = [
     "FloatMLP",
@@ -10,5 +11,8 @@ __all__ = [
     "NeuralNetClassifier",
     "NeuralNetRegressor",
     "QATMLP",
+    "best_within_latency",
+    "latency_scorer",
     "load",
+    "make_simulate_scorer",
 ]

@@ -17,6 +17,7 @@ from scipy.special import softmax
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..fhe.cost import FheCost
 from ..fhe.modes import FheMode
 from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_advice
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
@@ -423,6 +424,15 @@ class FheMixin(EarlyStoppingMixin):
         check_is_fitted(self, "quantized_module_")
         return self.quantized_module_.fhe_circuit
 
+    @property
+    def fhe_cost_(self) -> FheCost:
+        """What one encrypted prediction costs (``QuantizedModule.cost()``), known without keys.
+
+        Computed from the compiled circuit, so it follows ``compile`` and ``load``.
+        """
+        check_is_fitted(self, "quantized_module_")
+        return self.quantized_module_.cost()
+
     def _fhe_forward(self, X, fhe: str) -> np.ndarray:
         check_is_fitted(self, "quantized_module_")
         mode = FheMode.parse(fhe)
@@ -504,6 +514,9 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     ----------
     quantized_module_ : QuantizedModule
         The compiled network; ``fhe_circuit`` is its circuit.
+    fhe_cost_ : FheCost
+        Predicted seconds per encrypted sample and of key generation, key sizes,
+        bootstraps and bit-widths of the compiled circuit (see ``QuantizedModule.cost``).
     data_min_, data_max_ : ndarray of shape (n_features,)
         Per feature, the lowest and highest value ``fit`` trained on; ``compile``
         warns when its ``X`` is far from them.

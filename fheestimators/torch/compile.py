@@ -20,6 +20,7 @@ from ..quantization.module import QuantizedModule, _input_ranges
 from ..quantization.quantizers import NBits
 from ..quantization.rounding import AUTO_EXACT, RoundingLike, apply_rounding
 from ..quantization.tabulate import input_domains, tabulate
+from .overflow import raise_with_setting
 
 __all__ = [
     "MAX_BITWIDTH_BACKWARD_COMPATIBLE",
@@ -211,6 +212,19 @@ def _compile(module: QuantizedModule, arrays, configuration, artifacts, show_mli
     return module
 
 
+def _check_or_suggest(module: QuantizedModule, torch_inputset, import_qat, n_bits, rounding, settings,
+                      function: str) -> None:
+    """The bit-width check; on failure, the error names a setting that compiles, if one is found."""
+    try:
+        module.check_bit_widths()
+    except ValueError as error:
+        arrays = _inputset_arrays(torch_inputset)
+        # the exported graph is reused: each candidate is a quantization, not an export
+        raise_with_setting(
+            error, module, lambda bits, rounds: _build(module.onnx_model, arrays, import_qat, bits, rounds),
+            n_bits, rounding, lambda candidate: _compile(candidate, arrays, *settings), function)
+
+
 def compile_torch_model(
     torch_model: torch.nn.Module,
     torch_inputset: Inputset,
@@ -250,6 +264,9 @@ def compile_torch_model(
     module = build_quantized_module(torch_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
+    settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
+    _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
+                      "compile_torch_model")
     return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
                     p_error, global_p_error, verbose, inputs_encryption_status)
 
@@ -275,6 +292,9 @@ def compile_onnx_model(
     module = build_quantized_module(onnx_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
+    settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
+    _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
+                      "compile_onnx_model")
     return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
                     p_error, global_p_error, verbose, inputs_encryption_status)
 

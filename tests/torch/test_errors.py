@@ -367,3 +367,35 @@ def test_accumulator_overflow_error_advises_bits_and_pruning_not_rounding():
     message = str(error.value)
     assert "lower n_bits" in message and "torch.nn.utils.prune" in message
     assert "rounding_threshold_bits" not in message and "max_non_zero" not in message
+
+
+# -- the overflow error names a setting that compiles -----------------------------------------
+class SmallCNN(nn.Module):
+    """4 filters of 3x3 on 8x8 images: 8-bit inputs and weights make 19-bit accumulators."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4 * 6 * 6, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_overflow_error_names_a_setting_that_compiles_with_its_cost(monkeypatch, tmp_path):
+    import re
+
+    monkeypatch.setenv("FHEESTIMATORS_COST_MODEL", str(tmp_path / "absent.json"))
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    images = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="the limit is 16 bits") as error:
+        compile_torch_model(model, images)
+    message = str(error.value)
+    found = re.search(r"compile_torch_model\(\.\.\., (n_bits=(\d+), )?rounding_threshold_bits=(\d+)\) compiles: "
+                      r"(\d+) bootstraps .* predicted [\d.e+]+ s per encrypted sample", message)
+    assert found, message
+    n_bits = int(found[2]) if found[2] else 8
+    module = compile_torch_model(model, images, n_bits=n_bits, rounding_threshold_bits=int(found[3]))
+    assert module.fhe_circuit.programmable_bootstrap_count == int(found[4])
+    assert f"{module.cost().seconds_per_sample:.2g} s per encrypted sample" in message
