@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine, stopwatch  # noqa: E402
 
 from fheestimators import compile_torch_model  # noqa: E402
+from fheestimators.quantization.tabulate import tabulation_limit  # noqa: E402
 from fheestimators.fhe.cost import CircuitWork, DEFAULT_COST_MODEL, estimate_cost, fit_cost_model  # noqa: E402
 
 # (name, layer widths, n_bits, rounding, p_error): 3- to 8-bit lookups, polynomials of 512 to
@@ -41,6 +42,10 @@ CIRCUITS = [
     ("2-24-16-2, round 8, p 0.3", [2, 24, 16, 2], 6, {"n_bits": 8, "method": "approximate"}, 0.3),
     ("4-96-2, round 8, p 0.3", [4, 96, 2], 6, {"n_bits": 8, "method": "approximate"}, 0.3),
     ("2-24-16-2, round 8, p 0.05", [2, 24, 16, 2], 6, {"n_bits": 8, "method": "approximate"}, 0.05),
+    # concrete's strict default p_error: 7-bit lookups on polynomials of 16384
+    ("8-32-2, round 7, default p_error", [8, 32, 2], 6, {"n_bits": 7, "method": "approximate"}, None),
+    # 2 inputs of 3 bits: tabulated, two 6-bit lookups, as the specification's QAT network
+    ("2-16-2, 3 bits, tabulated", [2, 16, 2], 3, None, None),
 ]
 
 
@@ -66,7 +71,9 @@ def median_execute_s(module, X: np.ndarray, repeats: int) -> tuple[float, float]
 def measure(name: str, widths: list[int], n_bits: int, rounding, p_error, repeats: int) -> dict:
     torch.manual_seed(0)
     X = np.random.default_rng(0).normal(size=(300, widths[0])).astype(np.float32)
-    module = compile_torch_model(mlp(widths), X, n_bits=n_bits, rounding_threshold_bits=rounding, p_error=p_error)
+    # the per-neuron circuits, whatever the inputs' few values, but for the tabulated one
+    with tabulation_limit(64 if name.endswith("tabulated") else 0):
+        module = compile_torch_model(mlp(widths), X, n_bits=n_bits, rounding_threshold_bits=rounding, p_error=p_error)
     circuit = module.fhe_circuit
     with stopwatch() as keygen:
         circuit.keygen(force=True)

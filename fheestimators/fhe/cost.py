@@ -92,13 +92,13 @@ class CostModel:
 
 # Measured on the development machine (2 cores, benchmarks/calibrate_cost.py); see design notes.
 DEFAULT_COST_MODEL = CostModel(
-    execute_intercept=0.156,
-    execute_complexity=2.632e-10,
-    execute_bootstrap=0.003186,
-    keygen_intercept=0.147,
-    keygen_bootstrap_key=1.887e-08,
-    keygen_bootstrap_polynomial=5.731e-12,
-    keygen_keyswitch_key=1.457e-08,
+    execute_intercept=0.08202,
+    execute_complexity=1.247e-10,
+    execute_bootstrap=0.003235,
+    keygen_intercept=0.0,
+    keygen_bootstrap_key=1.279e-08,
+    keygen_bootstrap_polynomial=1.205e-12,
+    keygen_keyswitch_key=1.27e-08,
 )
 
 
