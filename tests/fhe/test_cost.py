@@ -17,6 +17,7 @@ from fheestimators.fhe.cost import (
     estimate_cost,
     fit_cost_model,
 )
+from fheestimators.quantization.tabulate import tabulation_limit
 
 X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
 
@@ -24,7 +25,8 @@ X = np.random.default_rng(0).normal(size=(100, 2)).astype(np.float32)
 def tiny(hidden: int = 4, n_bits: int = 3):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(2, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 2)).eval()
-    return compile_torch_model(net, X, n_bits=n_bits)
+    with tabulation_limit(0):  # one lookup per neuron, so that width and bits show in the cost
+        return compile_torch_model(net, X, n_bits=n_bits)
 
 
 @pytest.fixture(autouse=True)
