@@ -6,6 +6,7 @@ Every function returns plain JSON-able dicts with the key names of
 from __future__ import annotations
 
 import os
+import statistics
 import resource
 import sys
 import time
@@ -41,6 +42,18 @@ def stopwatch():
 def log(message: str) -> None:
     """Progress on stderr, time-stamped: stdout carries the JSON only."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def median_execute_s(module, X: np.ndarray, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of one-sample encrypted runs."""
+    module.forward(X[:1], fhe="execute")  # the first run after key generation pays one-off set-up
+    wall, cpu = [], []
+    for i in range(1, repeats + 1):
+        with stopwatch() as t:
+            module.forward(X[i : i + 1], fhe="execute")
+        wall.append(t.wall)
+        cpu.append(t.cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def cpu_usage(times) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from dataclasses import asdict
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine, stopwatch  # noqa: E402
+from _measure import log, machine, median_execute_s, stopwatch  # noqa: E402
 
 from fheestimators import compile_torch_model  # noqa: E402
 from fheestimators.quantization.tabulate import tabulation_limit  # noqa: E402
@@ -54,18 +53,6 @@ def mlp(widths: list[int]) -> torch.nn.Module:
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
         layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(widths) - 2 else [])
     return torch.nn.Sequential(*layers).eval()
-
-
-def median_execute_s(module, X: np.ndarray, repeats: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of one-sample encrypted runs."""
-    module.forward(X[:1], fhe="execute")  # the first run after key generation pays one-off set-up
-    wall, cpu = [], []
-    for i in range(1, repeats + 1):
-        with stopwatch() as t:
-            module.forward(X[i : i + 1], fhe="execute")
-        wall.append(t.wall)
-        cpu.append(t.cpu)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def measure(name: str, widths: list[int], n_bits: int, rounding, p_error, repeats: int) -> dict:

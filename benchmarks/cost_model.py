@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine, standardized_checkerboard, stopwatch  # noqa: E402
+from _measure import log, machine, median_execute_s, standardized_checkerboard, stopwatch  # noqa: E402
 from _networks import QATPrunedSimpleNet, train  # noqa: E402
 
 from fheestimators import NeuralNetClassifier, compile_brevitas_qat_model  # noqa: E402
@@ -43,14 +42,7 @@ def measure(name: str, module, X: np.ndarray, repeats: int) -> dict:
     with stopwatch() as keygen:
         circuit.keygen(force=True)
     keygen_s = keygen.wall
-    module.forward(X[:1], fhe="execute")  # the first run after key generation pays one-off set-up
-    times, cpu = [], []
-    for i in range(1, repeats + 1):
-        with stopwatch() as t:
-            module.forward(X[i : i + 1], fhe="execute")
-        times.append(t.wall)
-        cpu.append(t.cpu)
-    measured = statistics.median(times)
+    measured, measured_cpu = median_execute_s(module, X, repeats)
     circuit.cleanup()
     log(f"{name}: predicted {cost.seconds_per_sample:.2f} s, measured {measured:.2f} s; "
         f"keygen predicted {cost.keygen_seconds:.1f} s, measured {keygen_s:.1f} s")
@@ -68,7 +60,7 @@ def measure(name: str, module, X: np.ndarray, repeats: int) -> dict:
         "predicted_keygen_s": round(cost.keygen_seconds, 2),
         "measured_keygen_s": round(keygen_s, 2),
         # CPU seconds of this process: what other processes' load does not inflate
-        "measured_cpu_s_per_sample": round(statistics.median(cpu), 3),
+        "measured_cpu_s_per_sample": round(measured_cpu, 3),
         "measured_keygen_cpu_s": round(keygen.cpu, 2),
         "keygen_error": round(cost.keygen_seconds / keygen_s - 1, 3),
         "load_average_1min": [load_before, machine()["load_average_1min"]],
