@@ -7,11 +7,16 @@ Each size is compiled twice in the same run: as shipped (concrete-python traces 
 the inputset's bounding rows) and tracing every row, as before; the JSON says whether
 both circuits are the same (MLIR and every node's bounds) and where the time goes.
 
+The network's 2 inputs of 3 bits take few combinations, so it compiles tabulated (one
+lookup per output, traced on every combination: ``results_compile_time_tabulated.json``);
+``--untabulated`` compiles it per neuron, as before (``results_compile_time.json``).
+
 Run: ``python benchmarks/compile_time.py > results.json`` (``--sizes 1000`` for a smoke run).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from contextlib import contextmanager
@@ -23,6 +28,7 @@ from _networks import QATPrunedSimpleNet, train
 from fheestimators.datasets import fresh_board_points, make_checkerboard
 from fheestimators.fhe import compiler as fhe_compiler
 from fheestimators.quantization import inputset as selection
+from fheestimators.quantization.tabulate import tabulation_limit
 from fheestimators.torch.compile import compile_brevitas_qat_model
 
 
@@ -82,7 +88,15 @@ def same_circuit(a, b) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,9500,100000", help="inputset sizes, comma-separated")
+    parser.add_argument("--untabulated", action="store_true",
+                        help="compile one lookup per neuron, as before tabulation (results_compile_time.json)")
     args = parser.parse_args()
+    with tabulation_limit(0) if args.untabulated else contextlib.nullcontext():
+        rows = measure(args.sizes)
+    print(json.dumps({"machine": machine(), "tabulated": not args.untabulated, "rows": rows}, indent=2))
+
+
+def measure(sizes: str) -> list[dict]:
 
     X_train, _, y_train, _ = make_checkerboard()
     log("QATPrunedSimpleNet(100), 20 non-zero: training 7 epochs")
@@ -90,7 +104,7 @@ def main() -> None:
     # new noisy copies of the same board for the large inputsets
     pool = np.concatenate([X_train, fresh_board_points(n_draws=10)[0]])
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in (int(s) for s in sizes.split(",")):
         inputset = X_train if size == len(X_train) else pool[:size]
         log(f"inputset of {size}: bounding rows")
         selected = compile_once(model, inputset)
@@ -100,7 +114,7 @@ def main() -> None:
         same = same_circuit(selected.pop("module"), whole.pop("module"))
         rows.append({"inputset": size, "bounding_rows": selected, "every_row": whole,
                      "speedup": round(whole["compile_s"] / selected["compile_s"], 2), "same_circuit": same})
-    print(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    return rows
 
 
 if __name__ == "__main__":
