@@ -52,14 +52,20 @@ def n_combinations(program: IntegerProgram, domains: Sequence[tuple[int, int]]) 
     return total
 
 
-def all_inputs(program: IntegerProgram, domains: Sequence[tuple[int, int]]) -> tuple[np.ndarray, ...]:
-    """Every input sample, one row per combination, in ``packed`` order (the last element varies fastest)."""
-    counts, lows, shapes = [], [], []
+def _element_domains(program: IntegerProgram, domains: Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Per element of the inputs, flattened in order: how many values it takes, and its lowest."""
+    counts, lows = [], []
     for (low, high), shape in zip(domains, program.sample_shapes):
         size = int(np.prod(shape, dtype=np.int64))
         counts += [high - low + 1] * size
         lows += [low] * size
-        shapes.append((size, tuple(shape)))
+    return counts, lows
+
+
+def all_inputs(program: IntegerProgram, domains: Sequence[tuple[int, int]]) -> tuple[np.ndarray, ...]:
+    """Every input sample, one row per combination, in ``packed`` order (the last element varies fastest)."""
+    counts, lows = _element_domains(program, domains)
+    shapes = [(int(np.prod(shape, dtype=np.int64)), tuple(shape)) for shape in program.sample_shapes]
     digits = np.indices(counts, dtype=np.int64).reshape(len(counts), -1).T if counts else np.zeros((1, 0), np.int64)
     values = digits + np.array(lows, dtype=np.int64)
     arrays, start = [], 0
@@ -101,11 +107,7 @@ def tabulate(program: IntegerProgram, domains: Sequence[tuple[int, int]], limit:
     n_rows, width = table.shape
 
     steps: list[Step] = []
-    counts, lows = [], []
-    for (low, high), shape in zip(domains, program.sample_shapes):
-        size = int(np.prod(shape, dtype=np.int64))
-        counts += [high - low + 1] * size
-        lows += [low] * size
+    counts, lows = _element_domains(program, domains)
     # an element's radix: the product of the value counts of the elements after it
     radices = np.cumprod([1] + counts[::-1])[:-1][::-1].astype(np.int64)
     terms, start = [], 0
