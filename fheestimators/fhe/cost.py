@@ -217,12 +217,12 @@ def estimate_cost(circuit: fhe.Circuit, model: Optional[CostModel] = None) -> Fh
         keygen_seconds=max(model.keygen_seconds(work), 0.0),
         evaluation_key_bytes=work.bootstrap_key_bytes + work.keyswitch_key_bytes,
         evaluation_key_bytes_compressed=work.bootstrap_key_bytes_compressed + work.keyswitch_key_bytes_compressed,
-        programmable_bootstraps=int(circuit.programmable_bootstrap_count),
+        programmable_bootstraps=work.bootstraps,
         key_switches=int(circuit.key_switch_count),
         max_bit_width=int(circuit.graph.maximum_integer_bit_width()),
         lookup_bit_widths=lookup_bit_widths(circuit),
         bootstrap_keys=bootstrap_keys,
-        complexity=float(circuit.complexity),
+        complexity=work.complexity,
         calibration=model.source,
     )
 
