@@ -1,7 +1,6 @@
 """save -> Client / Server in one process: encrypted results equal predict, bad bytes refused."""
 from __future__ import annotations
 
-import io
 import zipfile
 
 import numpy as np
@@ -71,8 +70,10 @@ def test_a_torch_module_round_trip(tmp_path):
 def test_artefacts_hold_no_training_data(classifier, saved_classifier):
     X, _ = two_feature_data()
     for name in ("client.zip", "server.zip"):
-        with zipfile.ZipFile(saved_classifier / name) as archive:
-            blob = b"".join(archive.read(info) for info in archive.infolist())
+        blob = (saved_classifier / name).read_bytes()
+        if name == "server.zip":  # concrete-python's zip, with our header added
+            with zipfile.ZipFile(saved_classifier / name) as archive:
+                blob = b"".join(archive.read(info) for info in archive.infolist())
         for row in X[:50]:
             assert row.tobytes() not in blob and row.astype(np.float64).tobytes() not in blob
 
@@ -95,16 +96,9 @@ def test_server_refuses_bytes_that_are_not_its_model_s(client, server, rows):
     with pytest.raises(PayloadError, match="empty"):
         server.run(b"", keys)
     # a payload re-tagged for another model: FHE could not tell, the header does
-    members = zipfile.ZipFile(io.BytesIO(payload))
-    forged = io.BytesIO()
-    with zipfile.ZipFile(forged, "w") as archive:
-        for info in members.infolist():
-            data = members.read(info)
-            if info.filename == "header.json":
-                data = data.replace(client.fingerprint.encode(), b"0" * len(client.fingerprint))
-            archive.writestr(info, data)
+    forged = payload.replace(client.fingerprint.encode(), b"0" * len(client.fingerprint), 1)  # in the header
     with pytest.raises(PayloadError, match="made for model 000000000000"):
-        server.run(forged.getvalue(), keys)
+        server.run(forged, keys)
 
 
 def test_save_refuses_what_it_cannot_deploy(tmp_path):
