@@ -4,28 +4,38 @@
 ``distributed`` stays an optional dependency (``pip install "fheestimators[dask]"``).
 
 What travels to the workers is public: the server artefact (the circuit) and a client's
-evaluation keys, each shipped once with ``Client.scatter(..., broadcast=True)`` and
-kept on the cluster while the ``Server`` holds their futures, and the ciphertexts of
-each chunk. The secret key never exists here. Each worker process loads the artefact
-once per model and deserializes a key set once per client (``_WORKER_CACHE``); the
-keys are checked by the ``Server`` (model fingerprint, exact size) before they are
-shipped, because concrete-python can crash on keys of another circuit.
+evaluation keys, each shipped once with ``Client.scatter`` to one worker and kept on the
+cluster while the ``Server`` holds their futures, and the ciphertexts of each chunk.
+The secret key never exists here. Each worker process loads the artefact once per model
+and deserializes a key set once per client (``_WORKER_CACHE``); the keys are checked
+by the ``Server`` (model fingerprint, exact size) before they are shipped, because
+concrete-python can crash on keys of another circuit.
 
 A batch is cut into about two chunks per worker thread. Each chunk is first sent
 without the shipped data, for a worker that has loaded it; a worker that has not
-answers so, and the chunk goes again with the data as a dependency. (Tasks that depend
-on the shipped data would make the cluster copy it to their workers on every batch: by
-default dask's active memory manager keeps a single replica of data no task waits for,
-broadcast or not.) A worker lost during a run costs the re-run of the chunks it held,
-not the batch: the scheduler gives them to another worker, and data lost with its last
+answers so, and the chunk goes again to that worker with the data as a dependency,
+which the worker fetches from a worker holding it. (Tasks that depend on the shipped
+data would make the cluster copy it to their workers on every batch: by default dask's
+active memory manager keeps a single replica of data no task waits for.)
+
+A worker lost while the data is shipped costs a new attempt, to the workers still alive
+(``SHIPPING_ATTEMPTS``). The data is not broadcast: the scheduler's replication waits
+forever for a target worker that died during the copy, where a scatter to one worker
+fails at once. A worker lost during a run costs the re-run of the chunks it held, not
+the batch: the scheduler gives them to another worker, and data lost with its last
 holder is shipped again.
+
+The connection to the cluster is dask's: plain TCP unless the scheduler listens on
+``tls://`` and the client is given a ``distributed.Security`` with its certificates.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import CancelledError
@@ -44,12 +54,21 @@ from .container import PayloadError
 
 __all__ = ["ClusterRunner", "run_chunk", "worker_cache_info"]
 
+logger = logging.getLogger(__name__)
+
 CHUNKS_PER_THREAD = 2
 # task failures (an exception on a worker) retried per chunk; a worker dying mid-task
 # is handled by the scheduler itself (distributed.scheduler.allowed-failures)
 RETRIES = 2
 # times a batch is resubmitted after the cluster lost the artefact or keys it needs
 RESUBMISSIONS = 2
+# scatters tried per artefact or key set when a worker is lost during the transfer, and the
+# pause before the next one (times the attempt), in which the scheduler notices the loss
+SHIPPING_ATTEMPTS = 3
+SHIPPING_PAUSE = 0.5
+# what a scatter raises when the worker it sends to is lost: CommClosedError and
+# connection errors are OSErrors, and so is TimeoutError (no worker left to send to)
+SHIPPING_ERRORS = (OSError,)
 SCATTERED_KEY_SETS = 4
 WORKER_KEY_SETS = 4
 WORKER_SERVERS = 8
@@ -136,14 +155,19 @@ def run_chunk(samples: list[list[bytes]], fingerprint: str, keys_digest: str, ar
     Without ``artefact`` and ``keys``, the worker uses those it has loaded before: tasks
     that do not depend on the shipped data do not make the cluster copy it to every
     worker again (dask keeps one replica of what is not waited for). Returns
-    ``("done", outputs)``; ``("missing", None)`` when the worker lacks the model or keys
-    and was not given them; ``("refused", reason)`` for ciphertexts or keys it cannot
-    read: a refusal is an answer, not a failure to retry.
+    ``("done", outputs)``; ``("missing", address)`` when the worker lacks the model or
+    keys and was not given them, with its address, for the chunk to come back to it with
+    them; ``("refused", reason)`` for ciphertexts or keys it cannot read: a refusal is an
+    answer, not a failure to retry.
     """
     server = _WORKER_CACHE.find("servers", fingerprint)
     evaluation_keys = _WORKER_CACHE.find("keys", (fingerprint, keys_digest))
     if (server is None and artefact is None) or (evaluation_keys is None and keys is None):
-        return MISSING, None
+        try:
+            address: Optional[str] = distributed.get_worker().address
+        except ValueError:  # outside a worker
+            address = None
+        return MISSING, address
     if server is None:
         server = _WORKER_CACHE.get("servers", fingerprint, lambda: _load_server(artefact, fingerprint), WORKER_SERVERS)
     if evaluation_keys is None:
@@ -188,13 +212,21 @@ class ClusterRunner:
         The ``server.zip``.
     fingerprint : str
         Its model's fingerprint.
+    security : distributed.Security, optional
+        The certificates of the client made for an address (a ``tls://`` scheduler).
+        Without it, that client takes dask's configuration
+        (``distributed.comm.tls.*``, e.g. from ``DASK_DISTRIBUTED__COMM__TLS__CA_FILE``).
+        A client given as ``dask`` has its own.
     """
 
-    def __init__(self, dask: Union["distributed.Client", str], artefact: Path, fingerprint: str):
+    def __init__(self, dask: Union["distributed.Client", str], artefact: Path, fingerprint: str,
+                 security: Optional["distributed.Security"] = None):
         if isinstance(dask, str):
-            self.client = distributed.Client(dask, set_as_default=False)
+            self.client = distributed.Client(dask, set_as_default=False, security=security)
             self._owns_client = True
         elif isinstance(dask, distributed.Client):
+            if security is not None:
+                raise TypeError("security is for a scheduler address: a distributed.Client has its own")
             self.client = dask
             self._owns_client = False
         else:
@@ -202,8 +234,9 @@ class ClusterRunner:
         self.artefact_path = artefact
         self.fingerprint = fingerprint
         self.shipped = 0  # scatters made: one for the artefact, one per key set, unless the cluster loses them
-        # bytes scattered, by kind; each scatter is a broadcast: every worker receives a copy
+        # bytes scattered, by kind: each scatter sends one copy, which workers fetch from each other
         self.shipped_bytes = {"artefact": 0, "keys": 0}
+        self.shipping_failures = 0  # scatters that failed and were tried again, a lost worker each
         self._artefact: Optional[distributed.Future] = None
         self._keys: OrderedDict[Hashable, tuple[str, distributed.Future, Keys]] = OrderedDict()
         self._lock = threading.Lock()
@@ -217,10 +250,27 @@ class ClusterRunner:
             self.client.close()
 
     def _scatter(self, data: bytes, kind: str) -> "distributed.Future":
-        [future] = self.client.scatter([data], broadcast=True)
-        self.shipped += 1
-        self.shipped_bytes[kind] += len(data)
-        return future
+        """Ship ``data`` to one worker, trying others if the worker is lost during the transfer.
+
+        Not broadcast: a broadcast waits forever for a copy to a worker lost meanwhile.
+        A worker that needs the data fetches it from one that holds it (``run``).
+        """
+        for attempt in range(1, SHIPPING_ATTEMPTS + 1):
+            try:
+                [future] = self.client.scatter([data])
+            except SHIPPING_ERRORS as error:
+                self.shipping_failures += 1
+                if attempt == SHIPPING_ATTEMPTS:
+                    raise RuntimeError(f"shipping the {kind} to the cluster failed {attempt} times: "
+                                       "are its workers dying?") from error
+                logger.warning("shipping the %s to the cluster failed (%s: %s): trying again",
+                               kind, type(error).__name__, error)
+                time.sleep(SHIPPING_PAUSE * attempt)
+                continue
+            self.shipped += 1
+            self.shipped_bytes[kind] += len(data)
+            return future
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _shipped_artefact(self) -> "distributed.Future":
         with self._lock:
@@ -284,8 +334,11 @@ class ClusterRunner:
             except CancelledError:
                 continue  # the cluster lost the artefact or the keys with their last holder: shipped again
             if status == MISSING:
+                # back to the worker that lacks the data, which fetches it from one that holds it
+                # (by default dask would run the chunk where the data is); another if it is lost
+                where = dict(workers=[value], allow_other_workers=True) if value else {}
                 again = self.client.submit(run_chunk, chunks[i], artefact=artefact, keys=keys,
-                                           key=f"{TASK_PREFIX}-{uuid.uuid4().hex}", **options)
+                                           key=f"{TASK_PREFIX}-{uuid.uuid4().hex}", **where, **options)
                 chunk_of[again.key] = i
                 running.add(again)
             elif status == REFUSED:

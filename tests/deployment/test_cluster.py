@@ -6,6 +6,7 @@ directory and their temporary files), which is searched for the secret key at th
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -23,9 +24,10 @@ distributed = pytest.importorskip("distributed")
 
 from fheestimators.deployment import Client, PayloadError, RemoteModel, Server  # noqa: E402
 from fheestimators.deployment import container  # noqa: E402
-from fheestimators.deployment.cluster import TASK_PREFIX, worker_cache_info  # noqa: E402
+from fheestimators.deployment.cluster import TASK_PREFIX, ClusterRunner, worker_cache_info  # noqa: E402
 
-from test_service import TIMEOUT, Service, _holds_any, _secret_key_windows  # noqa: E402
+from serving import Service  # noqa: E402
+from test_service import TIMEOUT, _holds_any, _secret_key_windows  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_keys_of_another_model_are_refused_before_they_are_shipped(dask_server, 
     shipped = dask_server.cluster.shipped
     with pytest.raises(PayloadError, match="not a evaluation_keys container"):
         dask_server.run(payload, keys[:1000])
-    with pytest.raises(PayloadError, match="where this model's have"):
+    with pytest.raises(PayloadError, match="bytes where .* are expected"):
         dask_server.run(payload, _with_keys(keys, b"k" * 1000))
     assert dask_server.cluster.shipped == shipped
     with pytest.raises(TypeError, match="distributed.Client or a scheduler address"):
@@ -135,7 +137,7 @@ def test_the_service_runs_its_batches_on_the_cluster(saved_classifier, cluster, 
     try:
         service.wait_ready()
         with distributed.get_task_stream(dask_client) as stream:
-            with RemoteModel(service.url, key_dir=key_dir, timeout=TIMEOUT) as model:
+            with RemoteModel(service.url, saved_classifier, key_dir=key_dir, timeout=TIMEOUT) as model:
                 predicted = model.predict(rows)
         np.testing.assert_array_equal(predicted, classifier.predict(rows))
         assert _run_tasks(stream), "the service ran the batch itself, not on the cluster"
@@ -144,23 +146,106 @@ def test_the_service_runs_its_batches_on_the_cluster(saved_classifier, cluster, 
 
 
 def test_a_worker_lost_during_a_run_costs_only_its_chunks(dask_server, dask_client, fhe_client, classifier, rows):
-    X = np.tile(rows, (5, 1))  # 40 samples: 4 chunks of 10, a second or more each
+    X = np.tile(rows, (5, 1))  # 40 samples: 4 chunks of 10
     payload, keys = fhe_client.encrypt(X), fhe_client.evaluation_keys()
+    # every worker loads the model and keys first: the chunks then depend on no shipped data,
+    # whose loss with the victim would cancel the survivor's chunks as well
+    dask_server.run(fhe_client.encrypt(X[:4]), keys)
+    assert all(cache["keys"] for cache in dask_client.run(worker_cache_info).values())
     before = _samples_run(dask_client)
-    with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(dask_server.run, payload, keys)
-        victim = _a_worker_running_a_chunk(dask_client)
-        time.sleep(0.5)  # into the chunk
-        pid = dask_client.run(os.getpid, workers=[victim])[victim]
-        os.kill(pid, signal.SIGKILL)  # its nanny starts another worker
-        assert not running.done()
-        outputs = running.result(timeout=TIMEOUT)
-    np.testing.assert_array_equal(fhe_client.decrypt(outputs), classifier.predict(X))
-    assert victim not in dask_client.scheduler_info()["workers"]
-    # the living workers ran no sample twice: the survivor's chunks were not run again
-    after = _samples_run(dask_client)
-    assert sum(after[worker] - before.get(worker, 0) for worker in after) <= len(X)
-    dask_client.wait_for_workers(2, timeout=60)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(dask_server.run, payload, keys)
+            victim = _kill_a_worker_running_a_chunk(dask_client)  # its nanny starts another worker
+            # certain: the victim died with a chunk of the batch it had not answered
+            assert not running.done()
+            outputs = running.result(timeout=TIMEOUT)
+        np.testing.assert_array_equal(fhe_client.decrypt(outputs), classifier.predict(X))
+        assert victim not in dask_client.scheduler_info()["workers"]
+        # the living workers ran no sample twice: the survivor's chunks were not run again
+        after = _samples_run(dask_client)
+        assert sum(after[worker] - before.get(worker, 0) for worker in after) <= len(X)
+    finally:
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def _kill_a_worker_running_a_chunk(dask_client, timeout: float = 60.0) -> str:
+    """Kill a worker while it runs a chunk of the batch; its address.
+
+    The worker looks at its tasks and kills itself in its event loop, which is the one
+    that would send a chunk's result to the scheduler: the chunk it runs cannot finish
+    in between.
+    """
+    def kill_if_running_a_chunk(dask_worker) -> bool:
+        if any(task.state == "executing" and str(key).startswith(TASK_PREFIX)
+               for key, task in dask_worker.state.tasks.items()):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return False
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker, keys in dask_client.processing().items():
+            if any(str(key).startswith(TASK_PREFIX) for key in keys):
+                answer = dask_client.run(kill_if_running_a_chunk, workers=[worker], on_error="return")
+                if answer.get(worker) is not False:  # no answer: the connection died with the worker
+                    _wait_until_gone(dask_client, worker, deadline)
+                    return worker
+        time.sleep(0.02)
+    pytest.fail("no worker ran a chunk")
+
+
+def _wait_until_gone(dask_client, worker: str, deadline: float) -> None:
+    while worker in dask_client.scheduler_info()["workers"]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"the scheduler did not notice the death of {worker}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("lost_during", ["keys", "artefact"])
+def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, saved_classifier, cluster, dask_client,
+                                                               fhe_client, monkeypatch, rows):
+    """The worker receiving the keys (or then the artefact) dies during the transfer."""
+    pids = dask_client.run(os.getpid)
+    scatter_to_workers = distributed.scheduler.scatter_to_workers  # the scheduler runs in this process
+    transfers: list[str] = []
+
+    async def to_a_dying_worker(workers, data, rpc):
+        transfers.append(next(iter(data)))
+        if len(transfers) != (1 if lost_during == "keys" else 2):  # keys first, then the artefact
+            return await scatter_to_workers(workers, data, rpc=rpc)
+        # not a worker with the only copy of the keys, which would be shipped again as well
+        holders = cluster.scheduler.tasks[transfers[0]].who_has if lost_during == "artefact" else set()
+        victim = sorted(set(workers) - {worker.address for worker in holders} or workers)[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(pids[victim]):
+            assert time.monotonic() < deadline, "the worker does not die"
+            await asyncio.sleep(0.01)
+        return await scatter_to_workers([victim], data, rpc=rpc)  # the transfer to it fails
+
+    monkeypatch.setattr(distributed.scheduler, "scatter_to_workers", to_a_dying_worker)
+    # a failing connection to the dead worker fails in seconds, not after the default 30
+    monkeypatch.setattr(cluster.scheduler.rpc, "timeout", 3)
+    payload, keys = fhe_client.encrypt(rows[:4]), fhe_client.evaluation_keys()
+    try:
+        with Server(saved_classifier, dask=dask_client) as server:  # a server that has shipped nothing yet
+            outputs = server.run(payload, keys)
+            assert server.cluster.shipping_failures == 1 and server.cluster.shipped == 2
+        local = Server(saved_classifier).run(payload, keys)
+        for on_cluster, here in zip(fhe_client.decrypt_raw(outputs), fhe_client.decrypt_raw(local), strict=True):
+            np.testing.assert_array_equal(on_cluster, here)
+        assert len(transfers) == 3  # keys, artefact and the one tried again
+    finally:
+        monkeypatch.undo()
+        dask_client.wait_for_workers(2, timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process runs: neither gone nor a zombie (whose sockets are closed)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 def _samples_run(dask_client) -> dict[str, int]:
@@ -180,16 +265,6 @@ def test_keys_the_cluster_lost_are_shipped_again(dask_server, fhe_client, classi
     assert dask_server.cluster.shipped_bytes == shipped_bytes
 
 
-def _a_worker_running_a_chunk(dask_client, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for worker, keys in dask_client.processing().items():
-            if any(str(key).startswith(TASK_PREFIX) for key in keys):
-                return worker
-        time.sleep(0.05)
-    pytest.fail("no worker started a chunk")
-
-
 def test_no_file_of_the_workers_holds_the_secret_key(dask_server, dask_client, fhe_client, key_dir, worker_dir,
                                                      classifier, rows):
     # the workers have run with these keys (also when this test runs alone)
@@ -201,3 +276,86 @@ def test_no_file_of_the_workers_holds_the_secret_key(dask_server, dask_client, f
     assert _holds_any(key_dir, windows)
     assert any(path.is_file() for path in worker_dir.rglob("*"))
     assert not _holds_any(worker_dir, windows)
+
+
+# ---------------------------------------------------------------- TLS
+
+def _certificates(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """A self-signed CA and a certificate it signs for 127.0.0.1 (the scheduler, the
+    workers and the client present the same one): the files of the CA, the certificate
+    and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def subject(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    now, hour = datetime.datetime.now(datetime.timezone.utc), datetime.timedelta(hours=1)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(subject(f"{name} CA")).issuer_name(subject(f"{name} CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - hour).not_valid_after(now + hour)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    certificate = (x509.CertificateBuilder().subject_name(subject(name)).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - hour).not_valid_after(now + hour)
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                               x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    files = folder / f"{name}-ca.pem", folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    files[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files[1].write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    files[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return files
+
+
+def _security(ca: Path, certificate: Path, key: Path) -> "distributed.Security":
+    files = dict(tls_ca_file=str(ca))
+    for role in ("client", "scheduler", "worker"):
+        files[f"tls_{role}_cert"], files[f"tls_{role}_key"] = str(certificate), str(key)
+    return distributed.Security(require_encryption=True, **files)
+
+
+def test_the_cluster_connection_can_require_tls(saved_classifier, fhe_client, rows, tmp_path):
+    pytest.importorskip("cryptography")
+    security = _security(*_certificates(tmp_path, "cluster"))
+    payload, keys = fhe_client.encrypt(rows[:3]), fhe_client.evaluation_keys()
+    local = fhe_client.decrypt_raw(Server(saved_classifier).run(payload, keys))
+    # one worker thread in this process: its connections to the scheduler are TLS all the same
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tls",
+                                  security=security, host="127.0.0.1", dashboard_address=None,
+                                  silence_logs=logging.ERROR) as tls_cluster:
+        address = tls_cluster.scheduler_address
+        assert address.startswith("tls://")
+        assert all(worker.startswith("tls://") for worker in tls_cluster.scheduler.workers)
+        with distributed.Client(address, security=security, set_as_default=False) as client:
+            with Server(saved_classifier, dask=client) as server:
+                outputs = server.run(payload, keys)
+        for on_cluster, here in zip(fhe_client.decrypt_raw(outputs), local, strict=True):
+            np.testing.assert_array_equal(on_cluster, here)
+
+        # given the address, the runner makes its client with the certificates, and closes it
+        runner = ClusterRunner(address, saved_classifier / "server.zip", "fingerprint", security=security)
+        try:
+            assert runner.threads() == 1 and runner.client.security is security
+        finally:
+            runner.close()
+        assert runner.client.status == "closed"
+        with pytest.raises(TypeError, match="a distributed.Client has its own"):
+            ClusterRunner(client, saved_classifier / "server.zip", "fingerprint", security=security)
+
+        # without the certificates, or with another CA's, no connection
+        strangers = [distributed.Security(), _security(*_certificates(tmp_path, "stranger"))]
+        for stranger in strangers:
+            with pytest.raises((OSError, TypeError, ValueError)):
+                distributed.Client(address, security=stranger, timeout=3, set_as_default=False)
+        with pytest.raises(OSError):  # nor in plain TCP
+            distributed.Client(address.replace("tls://", "tcp://"), timeout=3, set_as_default=False)
