@@ -1,11 +1,38 @@
 """Deployment: the client keeps the secret key, the server computes on ciphertexts.
 
-The top stage of the package: it imports the others, nothing imports it.
+The top stage of the package: it imports the others, nothing imports it. Names load on
+first use (PEP 562): the service's evaluator processes import a module of this package
+to start, and must not pay for torch and scikit-learn, which they never use.
 """
-from .artifacts import save
-from .client import Client
-from .container import PayloadError
-from .remote import RemoteError, RemoteModel
-from .server import Server
+import importlib
+from typing import TYPE_CHECKING
 
-__all__ = ["Client", "PayloadError", "RemoteError", "RemoteModel", "Server", "save"]
+_PUBLIC = {
+    "Client": ".client",
+    "PayloadError": ".container",
+    "RemoteError": ".remote",
+    "RemoteModel": ".remote",
+    "Server": ".server",
+    "fingerprint": ".artifacts",
+    "save": ".artifacts",
+}
+__all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:  # what static tools read
+    from .artifacts import fingerprint, save
+    from .client import Client
+    from .container import PayloadError
+    from .remote import RemoteError, RemoteModel
+    from .server import Server
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'fheestimators.deployment' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -7,30 +7,28 @@ reads, so that every worker builds the same app.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
-import inspect
+import ipaddress
 import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import uvicorn
-
-from .artifacts import CLIENT_FILE, SERVER_FILE
-from .service import ENV_API_TOKEN, ENV_DASK, ENV_KEY_STORE, ENV_MAX_BODY_BYTES, ENV_MODEL_DIR
+from .service.limits import ENV_API_TOKEN, ENV_DASK, ENV_KEY_STORE, ENV_MODEL_DIR, Limits
 
 APP = "fheestimators.deployment.service:app_from_environment"
-MB = 1 << 20
-# a worker busy in concrete-python's C++ (loading a circuit or large keys) can miss
-# uvicorn's 5 s health ping and be killed as hung: give it a minute
-WORKER_HEALTHCHECK_S = 60
 
 EPILOG = """\
 The service stores the evaluation keys clients upload in the key store (default:
-MODEL_DIR/key_store); give every instance serving the model the same one. It sees no
-secret key. Serve it over TLS with --ssl-keyfile and --ssl-certfile (uvicorn's options)
-unless it is reached through a TLS proxy: client tokens travel in headers. The API token
-can also be given as the FHEESTIMATORS_API_TOKEN environment variable, which keeps it out
-of the process list. With --dask, the samples of every batch run on the workers of that
+~/.local/state/fheestimators/key-stores/<model>, outside the model folder); it sees no
+secret key. FHE work runs in --workers processes that the service replaces when they
+crash. Serve it over TLS with --ssl-keyfile and --ssl-certfile (uvicorn's options)
+unless it is reached through a TLS proxy: client tokens travel in headers. On any
+address but loopback it requires an API token for key uploads (--api-token-file, or the
+FHEESTIMATORS_API_TOKEN environment variable; never on the command line, where the
+process list shows it) unless --allow-anonymous-uploads says otherwise. Every limit
+is also an environment variable, FHEESTIMATORS_<OPTION> (FHEESTIMATORS_MAX_CLIENTS).
+With --dask, the samples of every batch run on the workers of that
 dask cluster (pip install "fheestimators[dask]"); the cluster receives the circuit, the
 evaluation keys and ciphertexts, never a secret key.
 """
@@ -47,7 +45,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Check the options, hand them to the workers through the environment, run uvicorn."""
+    """Check the options, hand them to the service through the environment, run uvicorn."""
+    # here, not at the top: the evaluator processes import this module (their __main__) to start
+    import uvicorn
+
+    from .artifacts import CLIENT_FILE, SERVER_FILE
+
     model_dir = Path(args.path)
     missing = [name for name in (CLIENT_FILE, SERVER_FILE) if not (model_dir / name).is_file()]
     if missing:
@@ -55,27 +58,52 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      "give the folder written by fheestimators.deployment.save")
     if (args.ssl_keyfile is None) != (args.ssl_certfile is None):
         parser.error("TLS needs both --ssl-keyfile and --ssl-certfile")
-    if args.workers < 1:
-        parser.error(f"--workers must be at least 1, not {args.workers}")
-    if args.max_body_mb is not None and args.max_body_mb <= 0:
-        parser.error(f"--max-body-mb must be positive, not {args.max_body_mb}")
+    try:
+        limits = Limits(**{item.name: getattr(args, item.name) for item in dataclasses.fields(Limits)
+                           if getattr(args, item.name) is not None})
+    except ValueError as error:
+        parser.error(str(error))
+    token = os.environ.get(ENV_API_TOKEN)
+    if args.api_token_file is not None:
+        token = Path(args.api_token_file).read_text().strip()
+    if token is not None and not token.strip():
+        parser.error("the API token is empty: an empty token would let anyone upload keys")
+    if token is None and not _is_loopback(args.host) and not args.allow_anonymous_uploads:
+        parser.error(f"--host {args.host} makes the service reachable from other machines: give an API token "
+                     "for key uploads (--api-token-file or FHEESTIMATORS_API_TOKEN), or say "
+                     "--allow-anonymous-uploads if anyone may upload keys")
+    os.environ.update(limits.to_environment())
     os.environ[ENV_MODEL_DIR] = str(model_dir.resolve())
+    if token is not None:
+        os.environ[ENV_API_TOKEN] = token
     if args.key_store is not None:
         os.environ[ENV_KEY_STORE] = str(Path(args.key_store).resolve())
-    if args.max_body_mb is not None:
-        os.environ[ENV_MAX_BODY_BYTES] = str(int(args.max_body_mb * MB))
-    if args.api_token is not None:
-        os.environ[ENV_API_TOKEN] = args.api_token
     if args.dask is not None:
         if importlib.util.find_spec("distributed") is None:
             parser.error("--dask needs dask's distributed: pip install 'fheestimators[dask]'")
         os.environ[ENV_DASK] = args.dask
-    options = {}
-    if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters:
-        options["timeout_worker_healthcheck"] = WORKER_HEALTHCHECK_S
-    uvicorn.run(APP, factory=True, host=args.host, port=args.port, workers=args.workers,
-                ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile, **options)
+    # one server process: its event loop answers HTTP, FHE work runs in its --workers processes
+    uvicorn.run(APP, factory=True, host=args.host, port=args.port, ssl_keyfile=args.ssl_keyfile,
+                ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=10)
     return 0
+
+
+def _limit_parser(name: str):
+    def parse(text: str):
+        try:
+            return Limits.parse(name, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,15 +119,18 @@ def _parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1",
                               help="address to listen on (default: %(default)s, this machine only)")
     serve_parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
-    serve_parser.add_argument("--workers", type=int, default=1,
-                              help="worker processes; each runs requests on all cores (default: %(default)s)")
-    serve_parser.add_argument("--key-store", metavar="DIR", help="folder of uploaded evaluation keys "
-                                                                 "(default: PATH/key_store)")
-    serve_parser.add_argument("--max-body-mb", type=float, metavar="MB",
-                              help="largest request body in MB of 2**20 bytes (default: one set of "
-                                   "evaluation keys for uploads, 1024 samples for predictions, plus 1 MB)")
-    serve_parser.add_argument("--api-token", metavar="TOKEN",
-                              help="require 'Authorization: Bearer TOKEN' to upload keys")
+    serve_parser.add_argument("--key-store", metavar="DIR", help="folder of uploaded evaluation keys (default: "
+                                                                 "~/.local/state/fheestimators/key-stores/<model>)")
+    serve_parser.add_argument("--api-token-file", metavar="FILE",
+                              help="require 'Authorization: Bearer <the file's content>' to upload keys")
+    serve_parser.add_argument("--allow-anonymous-uploads", action="store_true",
+                              help="take key uploads without an API token on a non-loopback --host")
+    limits = serve_parser.add_argument_group("limits", "what requests may cost (FHEESTIMATORS_<OPTION> too)")
+    for item in dataclasses.fields(Limits):
+        default = f" (default: {item.default})" if item.default is not None else ""
+        limits.add_argument("--" + item.name.replace("_", "-"), metavar="N", default=None,
+                            type=_limit_parser(item.name),
+                            help=item.metadata["help"] + default)
     serve_parser.add_argument("--dask", metavar="ADDRESS",
                               help="run the samples on the dask cluster whose scheduler is at ADDRESS "
                                    "(e.g. tcp://10.0.0.5:8786) instead of in the service's processes")

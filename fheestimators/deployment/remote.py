@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import httpx
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import container
-from .artifacts import PathLike, _write_atomically
+from .artifacts import PathLike, _write_atomically, fingerprint
+from .container import read_header
 from .client import Client
 from .container import PayloadError
 
@@ -41,8 +43,8 @@ class RemoteModel:
     url : str
         The service, e.g. ``"https://models.example.com:8000"``.
     client_dir_or_zip : str or os.PathLike, optional
-        The folder written by ``save`` or its ``client.zip``. By default the service's
-        is downloaded (and kept in ``key_dir``), checked to be the model it runs.
+        The folder written by ``save`` or its ``client.zip``, from the model's owner. The
+        service must run that model.
     key_dir : str or os.PathLike, optional
         Where the secret key, the downloaded artefact and the registration with the
         service (``remote.json``: client id and token) are kept, so that a later
@@ -51,39 +53,75 @@ class RemoteModel:
     token : str, optional
         The service's API token, if it requires one to upload keys.
     timeout : float, default=3600
-        Seconds for one request: evaluation keys of real models are ~100 MB and a large
-        batch takes minutes.
-    batch_size : int, default=256
-        Rows per request: the service takes a bounded body.
+        Seconds for one request: evaluation keys of real models are ~100 MB and a
+        synchronous batch takes minutes.
+    batch_size : int, optional
+        Rows per request; by default the most the service takes in one job. Batches of
+        more rows than the service answers synchronously are sent to its job API and
+        polled, with a progress bar; a busy service (429, 503) is retried after the wait
+        it asks for, up to ``retries`` times.
+    retries : int, default=20
+        How many times a request refused for the service's load is sent again.
+    fingerprint : str, optional
+        The model's fingerprint, from its owner (``fingerprint("model/")`` or
+        ``Client("model/").fingerprint`` where it was saved). Without
+        ``client_dir_or_zip``, the service's client artefact is downloaded (and kept in
+        ``key_dir``) and used only if it is this model.
+    transport : httpx.BaseTransport, optional
+        The HTTP transport, for tests (``httpx.MockTransport``) or custom networking.
+
+    Notes
+    -----
+    Give ``client_dir_or_zip`` or ``fingerprint``, obtained from the model's owner by
+    another channel than the service: the client artefact sets the encryption parameters
+    and how inputs and outputs are read, so a service that chose it could weaken the
+    encryption and read the data. Either pins the model; the service must run it.
 
     Examples
     --------
-    >>> model = RemoteModel("http://127.0.0.1:8000", key_dir="keys/")  # doctest: +SKIP
-    >>> model.predict(X_test[:5])                                      # doctest: +SKIP
+    >>> model = RemoteModel("http://127.0.0.1:8000", key_dir="keys/", fingerprint=fp)  # doctest: +SKIP
+    >>> model.predict(X_test[:5])                                                      # doctest: +SKIP
     """
 
     def __init__(self, url: str, client_dir_or_zip: Optional[Union[PathLike, bytes]] = None,
                  key_dir: Optional[PathLike] = None, token: Optional[str] = None,
-                 timeout: float = 3600.0, batch_size: int = 256):
+                 timeout: float = 3600.0, batch_size: Optional[int] = None, fingerprint: Optional[str] = None,
+                 transport: Optional[httpx.BaseTransport] = None, retries: int = 20):
+        if client_dir_or_zip is None and fingerprint is None:
+            raise ValueError(
+                "RemoteModel needs the model pinned: give client_dir_or_zip (the model's client.zip) or "
+                "fingerprint=..., obtained from the model's owner, not from the service. The client artefact "
+                "sets the encryption parameters: one chosen by the service could be weak enough for a malicious "
+                "or compromised service to read your data. Where the model was saved, "
+                "fheestimators.deployment.fingerprint('model/') (or Client('model/').fingerprint) gives it.")
         self.url = url.rstrip("/")
         self.key_dir = Path(key_dir) if key_dir is not None else None
-        self.batch_size = batch_size
+        self.retries = retries
         self.uploads = 0
         self._api_token = token
         # one lock for keys, registration and concrete-python's client: threads may share a model
         self._lock = threading.RLock()
-        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=30.0))
+        self._http = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=30.0),
+                                  transport=transport)
         try:
-            self.fingerprint: str = self._checked(self._http.get("/health")).json()["fingerprint"]
-            self.client = Client(self._client_artefact(client_dir_or_zip), key_dir=self.key_dir)
+            health = self._checked(self._http.get("/health")).json()
+            self.fingerprint: str = health["fingerprint"]
+            # what the service takes in one request, and in one job (older services: 256 rows, no jobs)
+            self.max_samples: int = health.get("max_samples", 256)
+            self.max_job_samples: int = health.get("max_job_samples", self.max_samples)
+            self.batch_size = batch_size or self.max_job_samples
+            if client_dir_or_zip is not None:
+                self.client = Client(client_dir_or_zip, key_dir=self.key_dir, fingerprint=fingerprint)
+                if self.client.fingerprint != self.fingerprint:
+                    raise PayloadError(
+                        f"the client artefact is for model {self.client.fingerprint[:12]}..., the service at "
+                        f"{self.url} runs {str(self.fingerprint)[:12]}...: give the client.zip of the model it "
+                        "runs (from the model's owner), or use a service that runs yours")
+            else:
+                self.client = self._pinned_client(fingerprint)
         except BaseException:
             self._http.close()
             raise
-        if self.client.fingerprint != self.fingerprint:
-            self._http.close()
-            raise PayloadError(f"the client artefact is for model {self.client.fingerprint[:12]}..., the service at "
-                               f"{self.url} runs {self.fingerprint[:12]}...: leave client_dir_or_zip out "
-                               "to download its own")
         registration = self._stored_registration()
         self.client_id: Optional[str] = registration.get("client_id")
         self._client_token: Optional[str] = registration.get("token")
@@ -102,12 +140,18 @@ class RemoteModel:
         Uploads the evaluation keys first if the service does not have them, and once
         more if it has lost them (a key store wiped, another service at this address).
         """
+        try:
+            n_samples = read_header(payload, "inputs", self.fingerprint)[0].get("n_samples", 0)
+        except PayloadError:
+            n_samples = 0  # sent as it is: the service says what is wrong with it
+        route = "jobs" if isinstance(n_samples, int) and n_samples > self.max_samples else "predict"
         uploaded = self._register_once()
-        response = self._post_predict(payload)
+        response = self._post(route, payload)
         if response.status_code == 404 and not uploaded:
             self._register()
-            response = self._post_predict(payload)
-        return self._checked(response).content
+            response = self._post(route, payload)
+        answer = self._checked(response)
+        return answer.content if route == "predict" else self._job_result(answer.json())
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -131,10 +175,34 @@ class RemoteModel:
                 results.append(decode(answer))
         return results[0] if len(results) == 1 else np.concatenate(results)
 
-    def _post_predict(self, payload: bytes) -> httpx.Response:
-        return self._http.post(f"/clients/{self.client_id}/predict", content=payload,
-                               headers={"Authorization": f"Bearer {self._client_token}",
-                                        "Content-Type": "application/octet-stream"})
+    def _auth(self) -> dict:
+        return {"Authorization": f"Bearer {self._client_token}"}
+
+    def _post(self, route: str, payload: bytes) -> httpx.Response:
+        """``POST /clients/{id}/{route}``, sent again while the service says it is busy."""
+        return self._patiently(lambda: self._http.post(
+            f"/clients/{self.client_id}/{route}", content=payload,
+            headers={**self._auth(), "Content-Type": "application/octet-stream"}))
+
+    def _patiently(self, request: Callable[[], httpx.Response]) -> httpx.Response:
+        for _ in range(self.retries):
+            response = request()
+            if response.status_code not in (429, 503) or "Retry-After" not in response.headers:
+                return response
+            time.sleep(min(60.0, float(response.headers["Retry-After"])))
+        return response
+
+    def _job_result(self, job: dict) -> bytes:
+        """Poll a submitted job until it ends, showing its progress; its encrypted result."""
+        path = f"/clients/{self.client_id}/jobs/{job['job_id']}"
+        with tqdm(total=job["total"], desc="encrypted samples", unit="sample", disable=None) as bar:
+            wait = 0.2
+            while job["status"] not in ("done", "failed", "cancelled"):
+                time.sleep(wait)
+                wait = min(5.0, wait * 1.5)
+                job = self._checked(self._patiently(lambda: self._http.get(path, headers=self._auth()))).json()
+                bar.update(job["done"] - bar.n)
+        return self._checked(self._http.get(path + "/result", headers=self._auth())).content
 
     def _register_once(self) -> bool:
         """Upload the evaluation keys unless registered; whether this call uploaded."""
@@ -173,26 +241,30 @@ class RemoteModel:
         same = record.get("url") == self.url and record.get("fingerprint") == self.fingerprint
         return record if same else {}
 
-    def _client_artefact(self, given: Optional[Union[PathLike, bytes]]) -> Union[PathLike, bytes]:
-        """The given artefact, else the one kept in ``key_dir`` if it is the service's model, else a download."""
-        if given is not None:
-            return given
+    def _pinned_client(self, pinned: str) -> Client:
+        """The client of the model ``pinned``, from the artefact kept in ``key_dir`` or a download.
+
+        Every artefact is verified to be ``pinned`` (its content hashes to it) before any
+        parser reads it, and checked for security before it is kept or any key is generated.
+        """
+        if self.fingerprint != pinned:
+            raise PayloadError(f"the service at {self.url} runs model {str(self.fingerprint)[:64]}, not the pinned "
+                               f"model {pinned}: it serves another model (or a newer save of it); ask the model's "
+                               "owner for the fingerprint of the model this service runs")
         cached = self.key_dir / CLIENT_CACHE if self.key_dir is not None else None
         if cached is not None and cached.is_file():
             data = cached.read_bytes()
-            if _fingerprint_of(data) == self.fingerprint:
-                return data
+            if _fingerprint_of(data) == pinned:
+                return Client(data, key_dir=self.key_dir, fingerprint=pinned)
         response = self._checked(self._http.get("/client"))
-        data = response.content
-        announced = response.headers.get("X-Model-Fingerprint")
-        if announced != self.fingerprint or _fingerprint_of(data) != self.fingerprint:
-            raise PayloadError(f"the client artefact from {self.url} is not for the model it runs "
-                               f"({str(announced)[:12]}... announced, {self.fingerprint[:12]}... running): "
-                               "it was probably updated meanwhile, try again")
+        try:
+            client = Client(response.content, key_dir=self.key_dir, fingerprint=pinned)
+        except PayloadError as error:
+            raise PayloadError(f"the client artefact served by {self.url} is refused: {error}") from None
         if cached is not None:
             self.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _write_atomically(cached, data)
-        return data
+            _write_atomically(cached, response.content)
+        return client
 
     @staticmethod
     def _checked(response: httpx.Response) -> httpx.Response:
@@ -208,8 +280,8 @@ class RemoteModel:
 
 
 def _fingerprint_of(client_zip: bytes) -> Optional[str]:
+    """The fingerprint the artefact's content hashes to, or None if it is not a sound client artefact."""
     try:
-        header, _ = container.unpack(client_zip, "client", max_bytes=1 << 30)
+        return fingerprint(client_zip)
     except PayloadError:
         return None
-    return header.get("fingerprint")

@@ -1,6 +1,7 @@
 """``Server``: runs the circuit on ciphertexts with a client's evaluation keys; holds no secret."""
 from __future__ import annotations
 
+import mmap
 import os
 import threading
 from collections import OrderedDict
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Optional, Union
 from concrete import fhe
 
 from . import container
-from .artifacts import SERVER_FILE, PathLike, read_artifact, read_server_header
+from .artifacts import SERVER_FILE, PathLike, check_versions, read_artifact, read_server_header
 from .container import PayloadError
 from .wire import pack_values, unpack_values
 
@@ -39,17 +40,23 @@ class Server:
         workers once, and each worker loads them once. A worker lost during a run costs
         the re-run of its chunks. Only the artefact, evaluation keys and ciphertexts
         travel: the cluster sees no more than this server would.
+    security : distributed.Security, optional
+        TLS for the connection to a scheduler given by address (``"tls://host:8786"``);
+        dask's own configuration by default.
 
     Notes
     -----
-    Evaluation keys are checked (model fingerprint and exact size) before concrete-python
-    reads them: keys of another circuit can crash the process inside concrete-python
-    instead of raising. The last few deserialized key sets are kept in memory, because
-    reading a key set of hundreds of MB takes seconds.
+    Evaluation keys are checked (model fingerprint, concrete-python version and exact
+    size) before concrete-python reads them, but ``run`` reads them in this process:
+    keys crafted to crash concrete-python crash it. For bytes from the network, use the
+    service (``fheestimators serve``), which runs them in processes it supervises.
+    The last few deserialized key sets are kept in memory, because reading a key set of
+    hundreds of MB takes seconds.
     """
 
     def __init__(self, path_or_zip: PathLike, max_samples: int = 1024, n_workers: Optional[int] = None,
-                 dask: Union["distributed.Client", str, None] = None):
+                 dask: Union["distributed.Client", str, None] = None,
+                 security: Optional["distributed.Security"] = None):
         path = read_artifact(path_or_zip, SERVER_FILE)
         self.header = read_server_header(path)
         self.fingerprint: str = self.header["fingerprint"]
@@ -64,7 +71,7 @@ class Server:
             from .cluster import ClusterRunner  # here: distributed is an optional dependency
 
             # the workers load the circuit; this process only checks and ships
-            self.cluster = ClusterRunner(dask, path, self.fingerprint)
+            self.cluster = ClusterRunner(dask, path, self.fingerprint, security=security)
             self._server = None
 
     def close(self) -> None:
@@ -84,14 +91,17 @@ class Server:
             raise PayloadError(f"the client artefact is for model {client_fingerprint[:12]}..., this server runs "
                                f"{self.fingerprint[:12]}...: use the client.zip saved with this server.zip")
 
-    def check_evaluation_keys(self, data: bytes) -> bytes:
-        """The serialized keys in ``Client.evaluation_keys()``, checked to be this model's by their size.
+    def check_evaluation_keys(self, data: Union[bytes, memoryview, mmap.mmap]) -> bytes:
+        """The serialized keys in ``Client.evaluation_keys()``, checked to be this model's.
 
-        Checked before concrete-python reads them; ``load_evaluation_keys`` also reads them.
+        Checked (model, concrete-python version, exact size) before concrete-python reads
+        them; ``load_evaluation_keys`` also reads them. ``data`` may be a mapped file.
         """
-        _, members = container.unpack(data, "evaluation_keys", self.fingerprint,
-                                      max_bytes=self.header["evaluation_keys_bytes"] + (1 << 20))
-        return self._checked_size(members.get("keys", b""))
+        expected = self.header["evaluation_keys_bytes"]
+        header, members = container.unpack(data, "evaluation_keys", self.fingerprint, max_bytes=expected + (1 << 20),
+                                           max_members=1, expected_sizes={"keys": expected})
+        check_versions(header.get("versions"), "the evaluation keys")
+        return members["keys"]
 
     def _checked_size(self, keys: bytes) -> bytes:
         expected = self.header["evaluation_keys_bytes"]

@@ -1,8 +1,8 @@
 """The HTTP service in real processes: ``fheestimators serve`` on 127.0.0.1, ``RemoteModel`` as client.
 
-One service (two uvicorn workers) runs for the whole module and is restarted once;
+One service (two evaluator processes) runs for the whole module and is restarted once;
 keys are generated once per client folder. Every refused request is followed by a
-health check and a correct prediction: no bad input may take a worker down or touch
+health check and a correct prediction: no bad input may take the service down or touch
 the stored keys.
 """
 from __future__ import annotations
@@ -10,11 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
-import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,62 +21,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from fheestimators import NeuralNetClassifier
-from fheestimators.deployment import Client, PayloadError, RemoteError, RemoteModel, Server, cli, container, save
-from fheestimators.deployment.keystore import CLIENT_ID, KeyStore
-from fheestimators.deployment.service import create_app
+from fheestimators.deployment import Client, PayloadError, RemoteError, RemoteModel, Server, cli, container
+from fheestimators.deployment import fingerprint as fingerprint_of
+from fheestimators.deployment.service import Limits, create_app
+from fheestimators.deployment.service.keystore import CLIENT_ID, KeyStore
 
-from deploy_models import SMALL
+from serving import Service, served
 
-SERVE = [sys.executable, "-m", "fheestimators.deployment", "serve"]
 TIMEOUT = 120.0
-
-
-class Service:
-    """``fheestimators serve`` in a process group of its own, restartable on the same port."""
-
-    def __init__(self, folder: Path, key_store: Path, log: Path):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.command = [*SERVE, str(folder), "--port", str(self.port), "--key-store", str(key_store)]
-        self.process = None
-
-    def start(self, *options: str) -> "Service":
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FHEESTIMATORS_")}
-        with open(self.log, "ab") as log:
-            # a session of its own: the workers are killed with it
-            self.process = subprocess.Popen([*self.command, *options], stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout: float = 240.0) -> "Service":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"the service exited ({self.process.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.25)
-        pytest.fail(f"the service did not answer within {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _retag(data: bytes, kind: str, fingerprint: str) -> bytes:
@@ -91,8 +39,13 @@ def _retag(data: bytes, kind: str, fingerprint: str) -> bytes:
 
 
 def _store_state(key_store: Path) -> dict:
-    return {str(p.relative_to(key_store)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in key_store.rglob("*")}
+    """Every file and folder of the key store but the spool of bodies being uploaded.
+
+    Files by size and inode (they are replaced, never rewritten), not by time: using keys
+    touches them, for the store's expiry of unused ones.
+    """
+    return {str(p.relative_to(key_store)): (p.stat().st_size, p.stat().st_ino) if p.is_file() else "folder"
+            for p in key_store.rglob("*") if ".incoming" not in p.parts}
 
 
 # ---------------------------------------------------------------- fixtures
@@ -135,27 +88,17 @@ def remotes():
 
 
 @pytest.fixture(scope="module")
-def remote(url, key_dirs, remotes) -> RemoteModel:
-    """The first client: no artefact given, so it downloads the service's."""
-    model = RemoteModel(url, key_dir=key_dirs[0], timeout=TIMEOUT)
-    remotes.append(model)
-    return model
+def pin(saved_classifier) -> str:
+    """The model's fingerprint, as its developer hands it to users out of band."""
+    return fingerprint_of(saved_classifier)
 
 
 @pytest.fixture(scope="module")
-def foreign(tmp_path_factory):
-    """Another model (3 features, 3 neurons): its ciphertexts and evaluation keys.
-
-    ``p_error=0.3`` keeps its keys smaller than the service's body limit for ours, so that
-    they reach the model checks instead of being refused for their size.
-    """
-    rng = np.random.default_rng(0)
-    X = rng.random((200, 3)).astype(np.float32)
-    model = NeuralNetClassifier(**{**SMALL, "module__n_hidden": 3, "p_error": 0.3}).fit(
-        X, np.where(X.sum(axis=1) > 1.5, "high", "low"))
-    folder = save(model, tmp_path_factory.mktemp("foreign"))
-    client = Client(folder)
-    return SimpleNamespace(folder=folder, keys=client.evaluation_keys(), payload=client.encrypt(X[:1]))
+def remote(url, key_dirs, remotes, pin) -> RemoteModel:
+    """The first client: only the fingerprint given, so it downloads the service's artefact."""
+    model = RemoteModel(url, key_dir=key_dirs[0], timeout=TIMEOUT, fingerprint=pin)
+    remotes.append(model)
+    return model
 
 
 # ---------------------------------------------------------------- predictions
@@ -175,19 +118,19 @@ def test_a_restarted_service_keeps_the_uploaded_keys(service, remote, classifier
     service.stop(signal.SIGKILL)
     # one worker now: the store, not the worker layout, must carry the clients (and it boots faster)
     service.start("--workers", "1").wait_ready()
-    again = RemoteModel(service.url, key_dir=key_dirs[0], timeout=TIMEOUT)
+    again = RemoteModel(service.url, key_dir=key_dirs[0], timeout=TIMEOUT, fingerprint=remote.client.fingerprint)
     remotes.append(again)
     np.testing.assert_array_equal(again.predict(rows[-1:]), classifier.predict(rows[-1:]))
     assert again.uploads == 0 and again.client_id == remote.client_id
 
 
-def test_keys_are_uploaded_again_when_the_service_lost_them(url, classifier, rows, key_dirs, remotes):
+def test_keys_are_uploaded_again_when_the_service_lost_them(url, classifier, rows, key_dirs, remotes, pin):
     registration = key_dirs[3] / "remote.json"
     fingerprint = httpx.get(f"{url}/health").json()["fingerprint"]
     # a registration the service never made, as after its key store was wiped
     registration.write_text(json.dumps({"url": url, "fingerprint": fingerprint,
                                         "client_id": "A" * 22, "token": "t" * 43}))
-    model = RemoteModel(url, key_dir=key_dirs[3], timeout=TIMEOUT)
+    model = RemoteModel(url, key_dir=key_dirs[3], timeout=TIMEOUT, fingerprint=pin)
     remotes.append(model)
     np.testing.assert_array_equal(model.predict(rows[:1]), classifier.predict(rows[:1]))
     assert model.uploads == 1 and model.client_id != "A" * 22
@@ -196,7 +139,7 @@ def test_keys_are_uploaded_again_when_the_service_lost_them(url, classifier, row
 def test_concurrent_requests_of_several_clients(url, remote, classifier, rows, key_dirs, remotes):
     models = [remote]
     for folder in key_dirs[1:]:
-        models.append(RemoteModel(url, key_dir=folder, timeout=TIMEOUT))
+        models.append(RemoteModel(url, key_dir=folder, timeout=TIMEOUT, fingerprint=remote.client.fingerprint))
         remotes.append(models[-1])
     expected = classifier.predict_proba(rows)
 
@@ -209,9 +152,11 @@ def test_concurrent_requests_of_several_clients(url, remote, classifier, rows, k
             done.append(i)
         return done
 
+    before = served(url)
     with ThreadPoolExecutor(8) as pool:
         done = list(pool.map(requests, range(8)))
-    assert sum(len(d) for d in done) == 24
+    assert done == [[(3 * t + j) % len(rows) for j in range(3)] for t in range(8)]
+    assert served(url) - before == 24  # the service counted each as a success: none was retried
     assert len({m.client_id for m in models}) == 4
 
 
@@ -248,7 +193,7 @@ def _case(env, name: str) -> tuple:
         "evaluation keys of another model": lambda: ("/keys", env.foreign.keys, {}, 400, "made for model"),
         # keys of another circuit can crash concrete-python: refused by their size first
         "evaluation keys of another model, relabelled": lambda: (
-            "/keys", _retag(env.foreign.keys, "evaluation_keys", fingerprint), {}, 400, "where this model's have"),
+            "/keys", _retag(env.foreign.keys, "evaluation_keys", fingerprint), {}, 400, "bytes where"),
         "garbage keys": lambda: ("/keys", os.urandom(4096), {}, 400, "not a evaluation_keys container"),
         "empty keys": lambda: ("/keys", b"", {}, 400, "body is empty"),
         "oversized keys": lambda: ("/keys", bytes(env.keys_limit + 1), {}, 413, "larger than"),
@@ -264,7 +209,7 @@ def env(remote, foreign, saved_classifier, rows):
     return SimpleNamespace(
         remote=remote, foreign=foreign, payload=remote.client.encrypt(rows[:1]),
         predict_path=f"/clients/{remote.client_id}/predict", auth={"Authorization": f"Bearer {remote._client_token}"},
-        predict_limit=1024 * sum(header["input_bytes"]) + (1 << 20),
+        predict_limit=Limits().max_samples * sum(header["input_bytes"]) + (1 << 20),
         keys_limit=header["evaluation_keys_bytes"] + (1 << 20))
 
 
@@ -302,10 +247,11 @@ def test_a_client_artefact_of_another_model_is_refused(url, foreign, tmp_path):
 
 def test_the_key_store_holds_one_client_per_upload(key_store, remotes):
     assert remotes, "run with the tests above"
-    clients = [p for p in key_store.iterdir() if p.is_dir()]
+    clients = [p for p in key_store.iterdir() if CLIENT_ID.fullmatch(p.name)]
     assert len(clients) == sum(m.uploads for m in remotes)
-    assert all(CLIENT_ID.fullmatch(p.name) for p in clients)
-    assert not [p for p in key_store.rglob(".*")]  # no temporary file left behind
+    assert sorted(p.name for p in key_store.iterdir() if p not in clients) == [".incoming", "quarantine"]
+    assert not [p for p in key_store.rglob(".*") if p.name != ".incoming"]  # no temporary file left behind
+    assert not list((key_store / ".incoming").iterdir())
 
 
 def test_neither_the_service_nor_its_key_store_holds_a_secret_key(saved_classifier, key_store, key_dirs, remote):
@@ -366,14 +312,15 @@ def test_the_server_refuses_a_client_artefact_of_another_model(saved_classifier)
 
 def test_key_uploads_need_the_api_token_when_one_is_set(saved_classifier, key_dirs, tmp_path):
     keys = Client(saved_classifier, key_dir=key_dirs[0]).evaluation_keys()
-    app = TestClient(create_app(saved_classifier, key_store=tmp_path, api_token="s3cret"))
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
-        response = app.post("/keys", content=keys, headers=headers)
-        assert response.status_code == 401 and "API token" in response.json()["detail"]
-    assert KeyStore(tmp_path).client_ids() == []
-    created = app.post("/keys", content=keys, headers={"Authorization": "Bearer s3cret"})
-    assert created.status_code == 201
-    assert KeyStore(tmp_path).client_ids() == [created.json()["client_id"]]
+    with TestClient(create_app(saved_classifier, key_store=tmp_path, api_token="s3cret",
+                               limits=Limits(workers=1))) as app:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+            response = app.post("/keys", content=keys, headers=headers)
+            assert response.status_code == 401 and "API token" in response.json()["detail"]
+        assert KeyStore(tmp_path).client_ids() == []
+        created = app.post("/keys", content=keys, headers={"Authorization": "Bearer s3cret"})
+        assert created.status_code == 201
+        assert KeyStore(tmp_path).client_ids() == [created.json()["client_id"]]
 
 
 def test_the_key_store_refuses_unknown_ids_and_tokens(tmp_path):

@@ -1,49 +1,46 @@
-"""An HTTP service around ``Server``: clients upload evaluation keys once, then send ciphertexts.
+"""The HTTP routes around a saved model: keys in once, ciphertexts in, ciphertexts out.
 
-Start it with ``fheestimators serve MODEL_DIR`` (see ``cli``), or build the app with
-``create_app`` and serve it with any ASGI server. The service sees only public keys,
-ciphertexts and the circuit: the secret key stays with the client, so neither the
-service nor anyone reading its disk can read the data or the predictions.
-
-Every worker process builds its own app from the same model folder and key store;
-the key store on disk is the only shared state, so workers can be added or restarted
-freely. With a dask cluster (``fheestimators serve MODEL_DIR --dask ADDRESS``) the
-samples of every batch run on the cluster's workers instead (see ``Server``).
+The service sees only public keys, ciphertexts and the circuit: the secret key stays
+with the client, so neither the service nor anyone reading its disk can read the data
+or the predictions. Every byte of a request is hostile until parsed: bodies are bounded
+(``body``), native work on them runs in supervised processes (``workers``), work is
+admitted into a bounded queue with deadlines (``jobs``), and the key store is bounded
+(``keystore``). ``Limits`` holds every bound.
 """
 # no "from __future__ import annotations": FastAPI reads the closures' Annotated dependencies at runtime
 import asyncio
 import hmac
+import logging
+import mmap
 import os
-import threading
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, Union
 
-from concrete import fhe
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from . import container
-from .artifacts import CLIENT_FILE, PathLike, read_artifact, versions
-from .container import PayloadError
-from .keystore import BadToken, KeyStore, UnknownClient
-from .server import Server
+from .. import container
+from ..artifacts import CLIENT_FILE, SERVER_FILE, PathLike, read_artifact, verified_fingerprint, versions
+from ..container import PayloadError
+from ..server import Server
+from ..wire import unpack_values
+from .body import read_body, spool_body
+from .jobs import DONE, Job, JobFailed, Jobs, QueueFull, UnknownJob
+from .keystore import BadToken, KeyStore, Quarantined, StoreFull, UnknownClient, keys_digest
+from .limits import Limits
+from .metrics import Metrics, RequestCounter
+from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
 
 if TYPE_CHECKING:  # distributed is optional
     import distributed
 
-__all__ = ["app_from_environment", "create_app"]
+__all__ = ["create_app"]
 
-ENV_MODEL_DIR = "FHEESTIMATORS_MODEL_DIR"
-ENV_KEY_STORE = "FHEESTIMATORS_KEY_STORE"
-ENV_MAX_BODY_BYTES = "FHEESTIMATORS_MAX_BODY_BYTES"
-ENV_API_TOKEN = "FHEESTIMATORS_API_TOKEN"
-ENV_DASK = "FHEESTIMATORS_DASK"
 MB = 1 << 20
-KEY_CACHE_SIZE = 4
+log = logging.getLogger("fheestimators.service")
 
 # the OpenAPI description of a raw binary body, which FastAPI cannot infer from a dependency
 BINARY_BODY = {"requestBody": {"required": True, "content": {
@@ -54,11 +51,21 @@ class Health(BaseModel):
     status: str
     fingerprint: str
     model: str
+    max_samples: int
+    max_job_samples: int
 
 
 class ClientCreated(BaseModel):
     client_id: str
     token: str
+
+
+class JobStatus(BaseModel):
+    job_id: str
+    status: str
+    done: int
+    total: int
+    detail: Optional[str] = None
 
 
 class Problem(BaseModel):
@@ -69,48 +76,76 @@ def _problem(description: str) -> dict:
     return {"model": Problem, "description": description}
 
 
+class Refused(Exception):
+    """A refusal with its HTTP status, for the error handler."""
+
+    def __init__(self, failure: JobFailed):
+        super().__init__(failure.detail)
+        self.failure = failure
+
+
 def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] = None,
-               max_body_bytes: Optional[int] = None, api_token: Optional[str] = None,
+               api_token: Optional[str] = None, limits: Optional[Limits] = None,
                dask: Union["distributed.Client", str, None] = None) -> FastAPI:
     """The service for the model saved in ``model_dir``.
 
     Parameters
     ----------
     model_dir : str or os.PathLike
-        The folder written by ``save``, with ``client.zip`` and ``server.zip``.
+        The folder written by ``save``, with the client and server artefacts.
     key_store : str, os.PathLike or KeyStore, optional
-        Where uploaded evaluation keys are kept; ``model_dir/key_store`` by default.
-        Give every worker the same one.
-    max_body_bytes : int, optional
-        The largest request body. By default a little more than one set of evaluation
-        keys for ``POST /keys``, and than the largest batch ``Server`` takes for
-        predictions, so that no request makes a worker hold more than it needs.
+        Where uploaded evaluation keys are kept; by default a folder of the user's state
+        directory named after the model, outside ``model_dir`` (which holds the circuit's
+        native code the service loads: uploads must never land beside it).
     api_token : str, optional
-        When given, ``POST /keys`` requires ``Authorization: Bearer <api_token>``: each
-        upload costs tens of MB of disk, so a public service should not take them from
-        anyone.
+        When given, ``POST /keys`` requires ``Authorization: Bearer <api_token>``. Each
+        upload costs tens of MB of disk and a key check: a service reachable from other
+        machines should not take them from anyone (``fheestimators serve`` insists).
+    limits : Limits, optional
+        Every bound on what requests may cost; ``Limits()`` by default.
     dask : distributed.Client or str, optional
-        Run every prediction batch on this dask cluster (a client, or a scheduler's
-        address) rather than in this process; see ``Server``. Uploaded keys are still
-        read once here, to refuse damaged ones at upload, but only the workers keep them.
+        Run every batch on this dask cluster (a client, or a scheduler's address) rather
+        than in this machine's evaluator processes; see ``Server``. Uploaded keys are
+        still checked here, in an evaluator process.
 
     Returns
     -------
     fastapi.FastAPI
     """
+    if api_token is not None and not api_token.strip():
+        raise ValueError("the API token is empty: give a real one, or none to take anonymous key uploads")
+    limits = limits or Limits()
     model_dir = Path(model_dir)
-    server = Server(model_dir, dask=dask)
-    client_zip = read_artifact(model_dir, CLIENT_FILE).read_bytes()
-    client_header, _ = container.unpack(client_zip, "client", max_bytes=1 << 30)
-    # a client.zip of another model would give clients keys the server must refuse
-    server.check_client(client_header["fingerprint"])
-    store = key_store if isinstance(key_store, KeyStore) else KeyStore(key_store or model_dir / "key_store")
-    keys_cache = _KeyCache(server, KEY_CACHE_SIZE)
-    keys_limit = max_body_bytes or server.header["evaluation_keys_bytes"] + MB
-    inputs_limit = max_body_bytes or server.max_samples * sum(server.header["input_bytes"]) + MB
+    server = Server(model_dir, max_samples=limits.max_job_samples, dask=dask)
+    client_bytes = read_artifact(model_dir, CLIENT_FILE).read_bytes()
+    client_header, client_members = container.unpack(client_bytes, "client", max_bytes=1 << 30)
+    # a client artefact of another model (or altered) would give clients keys the server must refuse
+    server.check_client(verified_fingerprint(client_header, client_members))
+    if not isinstance(key_store, KeyStore):
+        key_store = KeyStore(key_store or default_key_store(server.fingerprint), max_clients=limits.max_clients,
+                             max_bytes=limits.max_store_bytes)
+    store = key_store
+    store.expire(limits.key_ttl_s)
+    metrics = Metrics()
+    # with a cluster, the evaluators here only check uploaded keys: one is enough
+    evaluators = Evaluators(read_artifact(model_dir, SERVER_FILE), 1 if dask else limits.workers,
+                            limits.keys_per_worker,
+                            on_restart=lambda cause: metrics.worker_deaths.labels(cause=cause).inc())
+    jobs = Jobs(server, evaluators, store, limits, metrics)
+    keys_size = server.header["evaluation_keys_bytes"]
+    sample_bytes = sum(server.header["input_bytes"])
+    max_body = int(limits.max_body_mb * MB) if limits.max_body_mb is not None else None
+    keys_limit = max_body or keys_size + MB
+    predict_limit = max_body or limits.max_samples * sample_bytes + MB
+    job_limit = max_body or limits.max_job_samples * sample_bytes + MB
+    uploads = asyncio.Semaphore(limits.max_uploads)
+    incoming = store.root / ".incoming"
+    incoming.mkdir(mode=0o700, exist_ok=True)
+    for stale in incoming.iterdir():  # bodies of uploads a killed process never finished
+        stale.unlink(missing_ok=True)
 
     api_bearer = HTTPBearer(auto_error=False, scheme_name="APIToken",
-                            description="The service's API token (`fheestimators serve --api-token`), for key uploads.")
+                            description="The service's API token, for key uploads.")
     client_bearer = HTTPBearer(auto_error=False, scheme_name="ClientToken",
                                description="The token `POST /keys` returned with the client id.")
 
@@ -122,14 +157,31 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
             raise BadToken("this service takes evaluation keys only with its API token: "
                            "send 'Authorization: Bearer <api token>' (RemoteModel(..., token=...))")
 
-    def authenticated_client(client_id: str, credentials: Annotated[
-            Optional[HTTPAuthorizationCredentials], Depends(client_bearer)]) -> Path:
-        token = credentials.credentials if credentials is not None else None
-        return store.check(client_id, token, server.fingerprint)
+    def client_token(credentials: Annotated[Optional[HTTPAuthorizationCredentials], Depends(client_bearer)]
+                     ) -> Optional[str]:
+        return credentials.credentials if credentials is not None else None
+
+    def authenticated_client(client_id: str, token: Annotated[Optional[str], Depends(client_token)]) -> Path:
+        keys_file = store.check(client_id, token, server.fingerprint)
+        store.touch(client_id)
+        return keys_file
+
+    async def samples_of(request: Request, limit: int, max_samples: int) -> list[list[bytes]]:
+        body = await read_body(request, limit, limits.body_timeout_s, "the bytes of Client.encrypt(X)")
+        return unpack_values(body, "inputs", server.fingerprint, n_args=server.header["n_inputs"],
+                             sizes=server.header["input_bytes"], max_samples=max_samples)
+
+    def submit(client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool) -> Job:
+        try:
+            return jobs.submit(client_id, keys_file, samples, keep=keep)
+        except QueueFull as full:
+            raise Refused(JobFailed(429, str(full), full.retry_after)) from None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        jobs.close()
+        await asyncio.to_thread(evaluators.close)
         # the dask client of a Server given an address; a thread, as it waits on the cluster
         await asyncio.to_thread(server.close)
 
@@ -138,174 +190,216 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         title="fheestimators: predictions on encrypted data",
         version=versions()["fheestimators"],
         description=(
-            "Runs one model on ciphertexts. A client downloads `/client`, generates its keys, "
-            "uploads the public evaluation keys once to `POST /keys`, then sends encrypted batches "
-            "to `POST /clients/{client_id}/predict` and decrypts the answers itself. "
-            "`fheestimators.deployment.RemoteModel` does all of this. The secret key never leaves "
-            "the client."),
+            "Runs one model on ciphertexts. A client gets the client artefact from the model's developer, "
+            "generates its keys, uploads the public evaluation keys once to `POST /keys`, then sends encrypted "
+            "batches to `POST /clients/{client_id}/predict` (or, for long ones, `POST /clients/{client_id}/jobs`) "
+            "and decrypts the answers itself. `fheestimators.deployment.RemoteModel` does all of this. "
+            "The secret key never leaves the client."),
         openapi_tags=[
-            {"name": "model", "description": "What model this service runs."},
-            {"name": "keys", "description": "Registering a client's evaluation keys."},
+            {"name": "model", "description": "What model this service runs, and how it fares."},
+            {"name": "keys", "description": "Registering and removing a client's evaluation keys."},
             {"name": "predictions", "description": "Running the model on encrypted data."},
+            {"name": "jobs", "description": "Long batches: submit, poll, fetch."},
         ],
     )
     _add_error_handlers(app)
+    app.add_middleware(RequestCounter, metrics=metrics)
+    app.mount("/metrics", metrics.asgi_app())
 
     @app.get("/health", tags=["model"], response_model=Health, summary="Is the service up, and with which model",
-             description="The model's fingerprint, which a client artefact must carry, and its kind.")
-    def health() -> Health:
-        return Health(status="ok", fingerprint=server.fingerprint, model=client_header["kind_of_model"])
+             description="The model's fingerprint, which a client artefact must carry, its kind, and the most "
+                         "samples a predict request and a job take.")
+    async def health() -> Health:
+        # async: answered by the event loop, never queued behind FHE work
+        return Health(status="ok", fingerprint=server.fingerprint, model=client_header["kind_of_model"],
+                      max_samples=limits.max_samples, max_job_samples=limits.max_job_samples)
 
     @app.get("/client", tags=["model"], response_class=Response, summary="Download the client artefact",
-             description="The `client.zip` to give `Client` or `RemoteModel`: encryption specs and the "
-                         "model's clear ends, no weights of the network. `X-Model-Fingerprint` names the model.",
-             responses={200: {"content": {"application/zip": {}}, "description": "client.zip"}})
-    def client_artefact() -> Response:
-        return Response(client_zip, media_type="application/zip", headers={
+             description="The client artefact: encryption specs and the model's clear ends, no weights of the "
+                         "network. A client should trust it only if it verifies to the fingerprint its developer "
+                         "gave out of band. `X-Model-Fingerprint` names the model.",
+             responses={200: {"content": {"application/octet-stream": {}}, "description": "the client artefact"}})
+    async def client_artefact() -> Response:
+        return Response(client_bytes, media_type="application/octet-stream", headers={
             "X-Model-Fingerprint": server.fingerprint,
-            "Content-Disposition": 'attachment; filename="client.zip"'})
+            "Content-Disposition": f'attachment; filename="{CLIENT_FILE}"'})
 
     @app.post("/keys", tags=["keys"], status_code=201, response_model=ClientCreated,
               summary="Upload evaluation keys, get a client id and token",
               description="The body is the bytes of `Client.evaluation_keys()`. They are checked to be this "
-                          "model's before they are stored. Keep the token: it is shown once, and every "
-                          "prediction for this client needs it.",
+                          "model's, and loaded once in an evaluator process, before they are stored. Keep the "
+                          "token: it is shown once, and every prediction for this client needs it.",
               dependencies=[Depends(require_api_token)], openapi_extra=BINARY_BODY,
-              responses={400: _problem("Not evaluation keys of this model"),
+              responses={400: _problem("Not evaluation keys of this model, or keys that crashed or hung it"),
                          401: _problem("Missing or wrong API token"),
-                         413: _problem("Body larger than the service takes")})
-    def upload_keys(body: Annotated[bytes, Depends(_body_reader(
-            keys_limit, "the bytes of Client.evaluation_keys()"))]) -> ClientCreated:
-        # a sync endpoint runs in a thread: deserializing keys takes a while
-        keys = server.load_evaluation_keys(body)
-        client_id, token = store.add(server.fingerprint, body)
-        # with a cluster the workers read the keys again: keep the bytes they get, not the key object
-        keys_cache.put(client_id, keys if server.cluster is None else body)
-        return ClientCreated(client_id=client_id, token=token)
+                         413: _problem("Body larger than the service takes"),
+                         429: _problem("Too many uploads at once: retry after Retry-After seconds"),
+                         507: _problem("The key store is full")})
+    async def upload_keys(request: Request) -> ClientCreated:
+        if uploads.locked():
+            raise Refused(JobFailed(429, f"the service reads {limits.max_uploads} key uploads at a time: retry",
+                                    retry_after=5))
+        async with uploads:
+            spooled = await spool_body(request, keys_limit, limits.body_timeout_s,
+                                       "the bytes of Client.evaluation_keys()", incoming)
+            try:
+                client_id, digest = await asyncio.to_thread(store_upload, spooled)
+            finally:
+                spooled.unlink(missing_ok=True)
+            try:
+                await run_in_evaluator(evaluators.check_keys(store.keys_file(client_id), limits.key_check_timeout_s))
+            except (EvaluatorCrashed, EvaluatorTimeout) as error:
+                store.quarantine(digest)
+                store.discard(client_id)
+                metrics.quarantined.inc()
+                raise Refused(JobFailed(400, f"{error} while loading these evaluation keys: they are refused, "
+                                             "now and if sent again")) from None
+            except EvaluatorLost as error:
+                store.discard(client_id)
+                raise Refused(JobFailed(503, f"{error} while loading the keys: retry", retry_after=5)) from None
+            except BaseException:
+                store.discard(client_id)
+                raise
+        update_store_gauges()
+        return ClientCreated(client_id=client_id, token=store.activate(client_id))
+
+    def store_upload(spooled: Path) -> tuple[str, str]:
+        """Parse the spooled keys container, refuse quarantined keys, reserve a client for them."""
+        store.expire(limits.key_ttl_s)
+        with open(spooled, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            keys = server.check_evaluation_keys(mapped)
+        digest = keys_digest(keys)
+        if store.is_quarantined(digest):
+            raise Quarantined("these evaluation keys crashed or hung the evaluator before; they are refused: "
+                              "generate a new key set")
+        return store.reserve(server.fingerprint, keys), digest
+
+    async def run_in_evaluator(future):
+        """The outcome of an evaluator's task; the task is stopped if this request is cancelled."""
+        try:
+            await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception:  # noqa: BLE001: translated just below
+            pass
+        return evaluators.outcome(future)
+
+    def update_store_gauges() -> None:
+        n_clients, n_bytes = store.usage()
+        metrics.key_sets.set(n_clients)
+        metrics.key_bytes.set(n_bytes)
+
+    @app.delete("/clients/{client_id}", tags=["keys"], status_code=204, response_class=Response,
+                summary="Remove this client's evaluation keys",
+                responses={401: _problem("Missing or wrong client token"), 404: _problem("No such client")})
+    async def delete_client(client_id: str, token: Annotated[Optional[str], Depends(client_token)]) -> Response:
+        await asyncio.to_thread(store.delete, client_id, token)
+        update_store_gauges()
+        return Response(status_code=204)
 
     @app.post("/clients/{client_id}/predict", tags=["predictions"], response_class=Response,
               summary="Run the model on an encrypted batch",
-              description="The body is the bytes of `Client.encrypt(X)` made with this client's keys; "
-                          "the answer is the encrypted predictions for `Client.decrypt`.",
+              description="The body is the bytes of `Client.encrypt(X)` made with this client's keys, at most "
+                          f"{limits.max_samples} samples; the answer is the encrypted predictions for "
+                          "`Client.decrypt`. Larger batches go to the job API. Work stops if the client hangs up.",
               openapi_extra=BINARY_BODY,
               responses={200: {"content": {"application/octet-stream": {}}, "description": "Encrypted outputs"},
-                         400: _problem("Not ciphertexts of this model"),
+                         400: _problem("Not ciphertexts of this model, or bytes that crashed the evaluator"),
                          401: _problem("Missing or wrong client token"),
+                         403: _problem("This client's keys are quarantined"),
                          404: _problem("No such client of this model"),
-                         413: _problem("Body larger than the service takes")})
-    def predict(client_id: str, keys_file: Annotated[Path, Depends(authenticated_client)],
-                body: Annotated[bytes, Depends(_body_reader(
-                    inputs_limit, "the bytes of Client.encrypt(X)"))]) -> Response:
+                         413: _problem("Body larger than the service takes"),
+                         429: _problem("The work queue is full: retry after Retry-After seconds"),
+                         504: _problem("The batch ran past the service's time limit")})
+    async def predict(client_id: str, request: Request,
+                      keys_file: Annotated[Path, Depends(authenticated_client)]) -> Response:
         # the token is checked before the body is read: strangers cannot make us buffer it
-        outputs = server.run(body, keys_cache.get(client_id, keys_file))
-        return Response(outputs, media_type="application/octet-stream")
+        samples = await samples_of(request, predict_limit, limits.max_samples)
+        job = await jobs.wait(submit(client_id, keys_file, samples, keep=False), request.is_disconnected)
+        if job.status != DONE:
+            raise Refused(job.error)
+        return Response(job.result, media_type="application/octet-stream")
 
+    @app.post("/clients/{client_id}/jobs", tags=["jobs"], status_code=202, response_model=JobStatus,
+              summary="Submit an encrypted batch as a job",
+              description=f"As `predict`, for up to {limits.max_job_samples} samples; answers at once with the job's "
+                          "id. Poll `GET /clients/{client_id}/jobs/{job_id}`, then fetch `.../result` (kept "
+                          f"{limits.result_ttl_s:g} s).",
+              openapi_extra=BINARY_BODY,
+              responses={400: _problem("Not ciphertexts of this model"), 401: _problem("Missing or wrong token"),
+                         413: _problem("Body larger than the service takes"),
+                         429: _problem("The work queue is full: retry after Retry-After seconds")})
+    async def submit_job(client_id: str, request: Request, response: Response,
+                         keys_file: Annotated[Path, Depends(authenticated_client)]) -> JobStatus:
+        samples = await samples_of(request, job_limit, limits.max_job_samples)
+        job = submit(client_id, keys_file, samples, keep=True)
+        response.headers["Location"] = f"/clients/{client_id}/jobs/{job.id}"
+        return JobStatus(**job.describe())
+
+    def client_job(client_id: str, job_id: str, keys_file: Annotated[Path, Depends(authenticated_client)]) -> Job:
+        try:
+            return jobs.get(client_id, job_id)
+        except UnknownJob as unknown:
+            raise HTTPException(404, str(unknown)) from None
+
+    @app.get("/clients/{client_id}/jobs/{job_id}", tags=["jobs"], response_model=JobStatus,
+             summary="A job's progress", responses={404: _problem("No such job (or its result expired)")})
+    async def job_status(job: Annotated[Job, Depends(client_job)]) -> JobStatus:
+        return JobStatus(**job.describe())
+
+    @app.get("/clients/{client_id}/jobs/{job_id}/result", tags=["jobs"], response_class=Response,
+             summary="A finished job's encrypted outputs",
+             responses={200: {"content": {"application/octet-stream": {}}, "description": "Encrypted outputs"},
+                        404: _problem("No such job"), 409: _problem("Not finished yet")})
+    async def job_result(job: Annotated[Job, Depends(client_job)]) -> Response:
+        if not job.is_finished:
+            raise HTTPException(409, f"job {job.id} is {job.status} ({job.done} of {job.total} samples): "
+                                     "poll its status until it is done")
+        if job.status != DONE:
+            raise Refused(job.error)
+        return Response(job.result, media_type="application/octet-stream")
+
+    @app.delete("/clients/{client_id}/jobs/{job_id}", tags=["jobs"], status_code=204, response_class=Response,
+                summary="Cancel a job, or forget its result")
+    async def cancel_job(job: Annotated[Job, Depends(client_job)]) -> Response:
+        jobs.forget(job)
+        return Response(status_code=204)
+
+    update_store_gauges()
     return app
 
 
-def app_from_environment() -> FastAPI:
-    """``create_app`` configured by environment variables, for ``uvicorn --factory``.
-
-    Each worker process calls it: ``FHEESTIMATORS_MODEL_DIR`` (required),
-    ``FHEESTIMATORS_KEY_STORE``, ``FHEESTIMATORS_MAX_BODY_BYTES``,
-    ``FHEESTIMATORS_API_TOKEN`` and ``FHEESTIMATORS_DASK`` (a scheduler's address).
-    The API token comes from the environment rather than
-    the command line so that it need not show in the process list.
-    """
-    model_dir = os.environ.get(ENV_MODEL_DIR)
-    if not model_dir:
-        raise RuntimeError(f"set {ENV_MODEL_DIR} to the folder written by fheestimators.deployment.save, "
-                           "or start the service with 'fheestimators serve MODEL_DIR'")
-    max_body = os.environ.get(ENV_MAX_BODY_BYTES)
-    try:
-        max_body_bytes = int(max_body) if max_body else None
-    except ValueError:
-        raise RuntimeError(f"{ENV_MAX_BODY_BYTES} must be a number of bytes, not {max_body!r}") from None
-    return create_app(model_dir, key_store=os.environ.get(ENV_KEY_STORE) or None,
-                      max_body_bytes=max_body_bytes, api_token=os.environ.get(ENV_API_TOKEN) or None,
-                      dask=os.environ.get(ENV_DASK) or None)
-
-
-def _body_reader(limit: int, what: str):
-    """A dependency giving the raw request body, refused past ``limit`` bytes or when empty."""
-
-    def too_large() -> HTTPException:
-        return HTTPException(413,
-                             f"the request body is larger than the {limit} bytes this service takes here; "
-                             "send smaller batches, or start the service with a larger --max-body-mb")
-
-    async def read_body(request: Request) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise HTTPException(400, f"Content-Length {declared[:20]!r} is not a number")
-            if int(declared) > limit:
-                raise too_large()
-        # counted too: a chunked or lying client must not get past the limit
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large()
-        if not body:
-            raise HTTPException(400, f"the request body is empty: send {what}")
-        return bytes(body)
-
-    return read_body
-
-
-class _KeyCache:
-    """Deserialized evaluation keys of the last few clients of this process.
-
-    Reading a key set takes a while and stored keys never change (an upload makes a new
-    client), so keys are read once per process. They are checked again when read: the
-    store is on disk, and concrete-python can crash on keys of another circuit. With a
-    cluster, the checked bytes are kept instead: the cluster's workers read them.
-    """
-
-    def __init__(self, server: Server, size: int):
-        self.server, self.size = server, size
-        self._keys: OrderedDict[str, Union[fhe.EvaluationKeys, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, client_id: str, keys_file: Path) -> Union[fhe.EvaluationKeys, bytes]:
-        with self._lock:
-            keys = self._keys.get(client_id)
-            if keys is not None:
-                self._keys.move_to_end(client_id)
-                return keys
-        data = keys_file.read_bytes()
-        if self.server.cluster is None:
-            keys: Union[fhe.EvaluationKeys, bytes] = self.server.load_evaluation_keys(data)
-        else:
-            # read at upload; checked again here, read by the workers
-            self.server.check_evaluation_keys(data)
-            keys = data
-        self.put(client_id, keys)
-        return keys
-
-    def put(self, client_id: str, keys: Union[fhe.EvaluationKeys, bytes]) -> None:
-        with self._lock:
-            self._keys[client_id] = keys
-            self._keys.move_to_end(client_id)
-            while len(self._keys) > self.size:
-                self._keys.popitem(last=False)
+def default_key_store(fingerprint: str) -> Path:
+    """Where a service keeps uploaded keys unless told: the user's state folder, one per model."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(state) / "fheestimators" / "key-stores" / fingerprint[:16]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Refusals as 4xx with a ``detail`` saying what is wrong, never a crashed worker."""
+    """Refusals as 4xx/5xx with a ``detail`` saying what is wrong, never a crashed process."""
 
     def refuse(status_code: int, headers: Optional[dict] = None):
         async def handler(request: Request, error: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(error)}, status_code=status_code, headers=headers)
         return handler
 
+    async def refused(request: Request, error: Refused) -> JSONResponse:
+        failure = error.failure
+        headers = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else None
+        return JSONResponse({"detail": failure.detail}, status_code=failure.status_code, headers=headers)
+
+    app.add_exception_handler(Refused, refused)
     app.add_exception_handler(PayloadError, refuse(400))
     app.add_exception_handler(UnknownClient, refuse(404))
+    app.add_exception_handler(Quarantined, refuse(403))
+    app.add_exception_handler(StoreFull, refuse(507))
     app.add_exception_handler(BadToken, refuse(401, {"WWW-Authenticate": "Bearer"}))
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # uvicorn logs the traceback; the client learns only that the fault is ours
+        log.error("internal error on %s %s", request.method, getattr(request.scope.get("route"), "path", "?"),
+                  exc_info=(type(error), error, error.__traceback__))
+        # the client learns only that the fault is ours
         return JSONResponse({"detail": f"internal error of the service ({type(error).__name__}); "
                                        "it is logged, the request can be retried"}, status_code=500)
 

@@ -1,0 +1,273 @@
+"""The service under load: honest clients' latency and throughput, alone and while an attacker runs beside them.
+
+``fheestimators serve`` runs in a subprocess on 127.0.0.1 with its default limits (two
+evaluator processes on this 2-core machine). Honest clients send one encrypted sample
+at a time for a fixed time, first alone, then while attacker threads send, in a loop:
+
+- bombs: a 1 KB container declaring a 10 GB member, and a bzip2 zip bomb of 64 MB;
+- random ciphertexts of the right sizes, with the attacker's own registered keys;
+- crafted keys (another model's, padded to this model's size, a new padding each time so
+  the quarantine cannot recognize them): uploaded, then used, which crashes an evaluator;
+- a flood of anonymous uploads of valid keys (the store fills, then refuses);
+- jobs that fill the work queue.
+
+Printed: latency (median, 90th percentile) and samples/s of the honest clients in both
+phases, the attacker's answers by status, the service process's peak memory, and the
+evaluators' restarts (from ``/metrics``).
+
+Run: ``python benchmarks/service_load.py > benchmarks/results_service_load.json``
+(about 10 minutes; ``--quick`` trains a small network for a smoke run).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import log, machine, standardized_checkerboard  # noqa: E402
+from deployment import free_port  # noqa: E402
+
+from fheestimators import NeuralNetClassifier  # noqa: E402
+from fheestimators.deployment import Client, RemoteModel, container, save  # noqa: E402
+
+
+def start_service(folder: Path, store: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(folder),
+                                "--port", str(port), "--key-store", str(store)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the service did not start")
+
+
+def peak_memory_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
+def metric(url: str, name: str) -> float:
+    lines = httpx.get(f"{url}/metrics/").text.splitlines()
+    return sum(float(line.split()[-1]) for line in lines if line.split("{")[0].split(" ")[0] == name)
+
+
+def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) -> dict:
+    """Each model predicts one row at a time for ``seconds``; latencies of the successes."""
+    latencies, errors = [], collections.Counter()
+    stop = time.monotonic() + seconds
+
+    def loop(model: RemoteModel, offset: int) -> None:
+        i = offset
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            try:
+                model.predict(rows[i % len(rows) : i % len(rows) + 1])
+                latencies.append(time.perf_counter() - start)
+            except Exception as error:  # noqa: BLE001: counted, the loop goes on
+                errors[type(error).__name__] += 1
+            i += 1
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=loop, args=(model, k)) for k, model in enumerate(models)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    return {"samples": len(latencies), "samples_per_s": round(len(latencies) / elapsed, 3),
+            "latency_median_s": round(float(np.median(latencies)), 3) if latencies else None,
+            "latency_p90_s": round(float(np.percentile(latencies, 90)), 3) if latencies else None,
+            "errors": dict(errors)}
+
+
+def probe_health(url: str, stop: threading.Event, latencies: list) -> None:
+    """``/health`` once a second until ``stop``: how long an operator's probe waits."""
+    while not stop.is_set():
+        start = time.perf_counter()
+        httpx.get(f"{url}/health", timeout=30)
+        latencies.append(time.perf_counter() - start)
+        stop.wait(1.0)
+
+
+class Attacker:
+    """Threads that send hostile requests until stopped; answers counted by attack and status."""
+
+    def __init__(self, url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path):
+        self.url, self.stop = url, threading.Event()
+        self.answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.own = RemoteModel(url, folder, key_dir=work / "attacker")
+        self.own._register_once()
+        self.keys = self.own.client.evaluation_keys()
+        header, members = container.unpack(self.keys, "evaluation_keys")
+        self.versions, size = header["versions"], len(members["keys"])
+        foreign_keys = container.unpack(Client(foreign).evaluation_keys(), "evaluation_keys")[1]["keys"]
+        self.crafted_base = (foreign_keys + bytes(size))[:size]
+        genuine = container.unpack(self.own.client.encrypt(rows[:1]), "inputs")
+        rng = np.random.default_rng(0)
+        fields = {k: v for k, v in genuine[0].items() if k not in ("format", "kind", "fingerprint")}
+        self.garbage = container.pack("inputs", self.own.fingerprint,
+                                      {n: rng.bytes(len(v)) for n, v in genuine[1].items()}, **fields)
+        self.queue_filler = self.own.client.encrypt(np.resize(rows, (64, rows.shape[1])))
+        self.bombs = [self._declared_bomb(), self._zip_bomb()]
+
+    def _declared_bomb(self) -> bytes:
+        body = container.pack("evaluation_keys", self.own.fingerprint, {"keys": bytes(1000)}, versions=self.versions)
+        return body.replace(b'["keys", 1000]', b'["keys", 10000000000]')
+
+    @staticmethod
+    def _zip_bomb() -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_BZIP2) as archive, archive.open("keys", "w") as member:
+            for _ in range(64):
+                member.write(bytes(1 << 20))
+        return buffer.getvalue()
+
+    def _send(self, attack: str, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            response = httpx.request(method, self.url + path, timeout=600, **kwargs)
+            self.answers[attack][response.status_code] += 1
+            return response
+        except httpx.HTTPError as error:
+            self.answers[attack][type(error).__name__] += 1
+            return None
+
+    def _loop(self, attack) -> None:
+        count = 0
+        while not self.stop.is_set():
+            attack(count)
+            count += 1
+
+    def bombs_(self, i: int) -> None:
+        self._send("bombs", "POST", "/keys", content=self.bombs[i % 2])
+
+    def garbage_(self, i: int) -> None:
+        self._send("random ciphertexts", "POST", f"/clients/{self.own.client_id}/predict", content=self.garbage,
+                   headers={"Authorization": f"Bearer {self.own._client_token}"})
+
+    def crafted_(self, i: int) -> None:
+        keys = bytearray(self.crafted_base)
+        keys[-8:] = i.to_bytes(8, "big")  # new bytes each time: the quarantine does not know them
+        body = container.pack("evaluation_keys", self.own.fingerprint, {"keys": bytes(keys)}, versions=self.versions)
+        created = self._send("crafted keys: upload", "POST", "/keys", content=body)
+        if created is not None and created.status_code == 201:
+            client = created.json()
+            self._send("crafted keys: predict", "POST", f"/clients/{client['client_id']}/predict",
+                       content=self.own.client.encrypt(np.zeros((1, 2), dtype=np.float32)),
+                       headers={"Authorization": f"Bearer {client['token']}"})
+        time.sleep(1.0)
+
+    def flood_(self, i: int) -> None:
+        created = self._send("anonymous uploads", "POST", "/keys", content=self.keys)
+        if created is not None and created.status_code == 507:
+            time.sleep(1.0)
+
+    def fill_queue_(self, i: int) -> None:
+        submitted = self._send("queue-filling jobs", "POST", f"/clients/{self.own.client_id}/jobs",
+                               content=self.queue_filler, headers={"Authorization": f"Bearer {self.own._client_token}"})
+        if submitted is not None and submitted.status_code == 429:
+            time.sleep(float(submitted.headers.get("Retry-After", 1)))
+
+    def start(self) -> list[threading.Thread]:
+        attacks = [self.bombs_, self.garbage_, self.crafted_, self.flood_, self.fill_queue_]
+        threads = [threading.Thread(target=self._loop, args=(attack,), daemon=True) for attack in attacks]
+        for thread in threads:
+            thread.start()
+        return threads
+
+
+def single_attacks(attacker: "Attacker", pid: int, honest: RemoteModel, rows: np.ndarray) -> dict:
+    """Each attack once: its answer, how long the refusal took, what it added to the service's peak
+    memory, and how long an honest prediction took right after (an evaluator may be restarting)."""
+    attacks = {"declared 10 GB member, 1 KB body": attacker.bombs_, "bzip2 zip bomb of 64 MB": attacker.bombs_,
+               "random ciphertexts": attacker.garbage_, "crafted keys, uploaded then used": attacker.crafted_,
+               "anonymous upload of valid keys": attacker.flood_}
+    results = {}
+    for i, (name, attack) in enumerate(attacks.items()):
+        attacker.answers.clear()
+        before, start = peak_memory_mb(pid), time.perf_counter()
+        attack(i if attack is attacker.bombs_ else 10_000 + i)
+        seconds = time.perf_counter() - start - (1.0 if attack is attacker.crafted_ else 0.0)
+        grown = peak_memory_mb(pid) - before
+        start = time.perf_counter()
+        honest.predict(rows[:1])
+        results[name] = {"answers": {a: {str(k): v for k, v in c.items()} for a, c in attacker.answers.items()},
+                         "seconds": round(seconds, 3), "service_peak_memory_growth_mb": round(grown, 1),
+                         "honest_prediction_after_s": round(time.perf_counter() - start, 3)}
+    attacker.answers.clear()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a small network, short phases")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of each phase")
+    args = parser.parse_args()
+    seconds = 30.0 if args.quick else args.seconds
+    X_train, X_test, y_train, _ = standardized_checkerboard()
+    settings = dict(max_epochs=5, module__n_hidden=16, rounding_threshold_bits=5) if args.quick else {}
+    work = Path(tempfile.mkdtemp(prefix="fheestimators-load-"))
+    log("training and saving the model and a foreign one")
+    folder = save(NeuralNetClassifier(random_state=0, **settings).fit(X_train, y_train), work / "model")
+    foreign = save(NeuralNetClassifier(random_state=0, max_epochs=2, module__n_hidden=8,
+                                       rounding_threshold_bits=4).fit(X_train[:, ::-1], y_train), work / "foreign")
+    process, url = start_service(folder, work / "store")
+    try:
+        models = [RemoteModel(url, folder, key_dir=work / f"honest{k}") for k in range(2)]
+        for model in models:
+            model._register_once()
+        log(f"honest clients alone, {seconds:g} s")
+        alone = honest_phase(models, X_test, seconds)
+        attacker = Attacker(url, folder, foreign, X_test, work)
+        log("each attack once, alone")
+        single = single_attacks(attacker, process.pid, models[0], X_test)
+        log(f"honest clients beside the attacker, {seconds:g} s")
+        attacker.start()
+        health = threading.Thread(target=probe_health, args=(url, attacker.stop, health_latencies := []), daemon=True)
+        health.start()
+        attacked = honest_phase(models, X_test, seconds)
+        attacker.stop.set()
+        time.sleep(2.0)
+        result = {
+            "machine": machine(),
+            "model": "NeuralNetClassifier(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")",
+            "phase_seconds": seconds,
+            "single_attacks": single,
+            "honest_alone": alone,
+            "honest_under_attack": attacked,
+            "attacker_answers": {attack: {str(k): v for k, v in counts.items()}
+                                 for attack, counts in attacker.answers.items()},
+            "service_peak_memory_mb": peak_memory_mb(process.pid),
+            "evaluator_restarts": metric(url, "fheestimators_worker_restarts_total"),
+            "quarantined_key_sets": metric(url, "fheestimators_quarantined_key_sets_total"),
+            "health_latency_s_under_attack": {"max": round(max(health_latencies), 4),
+                                              "median": round(float(np.median(health_latencies)), 4),
+                                              "probes": len(health_latencies)},
+        }
+        print(json.dumps(result, indent=1))
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""``Jobs``: FHE work as bounded, cancellable jobs whose results wait a while for their client.
+
+A synchronous prediction and a submitted job are the same thing here: a ``Job`` of
+samples, each sample one task of the evaluator pool. Admission is bounded by the
+samples waiting or running over all jobs (a full queue is ``QueueFull``, answered 429
+with ``Retry-After``); every job has a deadline; a job can be cancelled (its client hung
+up, or asked), which stops the processes running its samples; finished jobs keep their
+result for a time-to-live, then are forgotten.
+"""
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+from ..container import PayloadError
+from ..wire import pack_values
+from .keystore import KeyStore
+from .limits import Limits
+from .metrics import Metrics
+from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
+
+if TYPE_CHECKING:
+    from ..server import Server
+
+__all__ = ["Job", "JobFailed", "Jobs", "QueueFull", "UnknownJob"]
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+
+
+class QueueFull(Exception):
+    """The service has as much work waiting as it takes; ``retry_after`` seconds is a fair wait."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UnknownJob(LookupError):
+    """No job of this client has this id (or it expired)."""
+
+
+@dataclass
+class JobFailed:
+    """Why a job failed: the HTTP status that says whose fault it is, and the reason."""
+
+    status_code: int
+    detail: str
+    retry_after: Optional[int] = None
+
+
+@dataclass
+class Job:
+    id: str
+    client_id: str
+    total: int
+    created: float = field(default_factory=time.monotonic)
+    status: str = QUEUED
+    done: int = 0
+    error: Optional[JobFailed] = None
+    result: Optional[bytes] = None
+    finished_at: Optional[float] = None
+    deadline: Optional[asyncio.TimerHandle] = field(default=None, repr=False)
+    futures: list = field(default_factory=list, repr=False)
+    outputs: list = field(default_factory=list, repr=False)
+    finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (DONE, FAILED, CANCELLED)
+
+    def describe(self) -> dict:
+        described = {"job_id": self.id, "status": self.status, "done": self.done, "total": self.total}
+        if self.error is not None:
+            described["detail"] = self.error.detail
+        return described
+
+
+class Jobs:
+    """The service's FHE work, run on ``evaluators`` (or on ``server``'s dask cluster)."""
+
+    def __init__(self, server: "Server", evaluators: Evaluators, store: KeyStore, limits: Limits,
+                 metrics: Metrics):
+        self.server, self.evaluators, self.store, self.limits, self.metrics = (
+            server, evaluators, store, limits, metrics)
+        self._jobs: dict[str, Job] = {}
+        self._queued_samples = 0
+        # the dask path waits on the cluster in a thread: a batch there is one task of ours
+        self._threads = ThreadPoolExecutor(2) if server.cluster is not None else None
+
+    # ------------------------------------------------------------ submitting
+    def submit(self, client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool = True) -> Job:
+        """Queue the samples; ``keep`` registers the job for polling (the job API) until its TTL."""
+        self.sweep()
+        n = len(samples)
+        if self._queued_samples + n > self.limits.max_queued_samples:
+            raise QueueFull(f"the service has {self._queued_samples} samples of work queued and takes at most "
+                            f"{self.limits.max_queued_samples}: retry later", self._retry_after())
+        if keep and len(self._jobs) >= self.limits.max_jobs:
+            raise QueueFull(f"the service remembers {len(self._jobs)} jobs, its limit: fetch finished results "
+                            "or retry later", self._retry_after())
+        job = Job(id=secrets.token_urlsafe(16), client_id=client_id, total=n, outputs=[None] * n)
+        self._queued_samples += n
+        self.metrics.queued_samples.set(self._queued_samples)
+        loop = asyncio.get_running_loop()
+        if self._threads is not None:
+            # the store holds the keys themselves, checked at upload: the workers get them by their size check
+            future = self._threads.submit(self.server.cluster.run, samples, keys_file.read_bytes(),
+                                          self.server._checked_size)
+            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._batch_done, job, f))
+            job.futures.append(future)
+        else:
+            timeout = self.limits.sample_timeout_s
+            for i, values in enumerate(samples):
+                future = self.evaluators.run(keys_file, values, timeout)
+                future.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(self._sample_done, job, i, f))
+                job.futures.append(future)
+        job.deadline = loop.call_later(self.limits.job_timeout_s, self._expire_job, job)
+        if keep:
+            self._jobs[job.id] = job
+        return job
+
+    def get(self, client_id: str, job_id: str) -> Job:
+        self.sweep()
+        job = self._jobs.get(job_id)
+        if job is None or job.client_id != client_id:
+            raise UnknownJob(f"no job {job_id[:40]!r} of this client: it never existed or its result expired "
+                             f"(results are kept {self.limits.result_ttl_s:g} s)")
+        return job
+
+    def forget(self, job: Job) -> None:
+        """Cancel the job if it runs, and drop it."""
+        self.cancel(job, "cancelled by its client")
+        self._jobs.pop(job.id, None)
+
+    def cancel(self, job: Job, reason: str) -> None:
+        if not job.is_finished:
+            self._finish(job, CANCELLED, JobFailed(499, reason))
+
+    async def wait(self, job: Job, is_disconnected: Optional[Callable] = None, poll_s: float = 0.5) -> Job:
+        """Until the job ends; cancelled when ``is_disconnected()`` says its client hung up."""
+        while not job.is_finished:
+            try:
+                await asyncio.wait_for(job.finished.wait(), poll_s)
+            except asyncio.TimeoutError:
+                if is_disconnected is not None and await is_disconnected():
+                    self.cancel(job, "the client hung up")
+        return job
+
+    def sweep(self) -> None:
+        """Forget finished jobs past their time-to-live."""
+        now = time.monotonic()
+        for job_id, job in list(self._jobs.items()):
+            if job.finished_at is not None and now - job.finished_at > self.limits.result_ttl_s:
+                del self._jobs[job_id]
+
+    def close(self) -> None:
+        for job in list(self._jobs.values()):
+            self.cancel(job, "the service is stopping")
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------ results, on the event loop
+    def _sample_done(self, job: Job, i: int, future: Future) -> None:
+        if job.is_finished or future.cancelled():
+            return
+        try:
+            job.outputs[i] = self.evaluators.outcome(future)
+        except Exception as error:  # noqa: BLE001: every failure becomes the job's answer
+            self._fail(job, error)
+            return
+        job.status, job.done = RUNNING, job.done + 1
+        self.metrics.samples.inc()
+        if job.done == job.total:
+            self._finish(job, DONE)
+
+    def _batch_done(self, job: Job, future: Future) -> None:
+        if job.is_finished or future.cancelled():
+            return
+        try:
+            job.outputs = future.result()
+        except Exception as error:  # noqa: BLE001
+            self._fail(job, error)
+            return
+        job.done = job.total
+        self.metrics.samples.inc(job.total)
+        self._finish(job, DONE)
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        if isinstance(error, PayloadError):
+            failure = JobFailed(400, str(error))
+        elif isinstance(error, (EvaluatorCrashed, EvaluatorTimeout)):
+            # the client's own keys or ciphertexts did it: they must not do it again
+            self.store.quarantine(self.store.digest_of(job.client_id) or "", job.client_id)
+            self.metrics.quarantined.inc()
+            failure = JobFailed(400, f"{error} on this client's bytes; its keys are quarantined: generate a new "
+                                     "key set and upload it")
+        elif isinstance(error, EvaluatorLost):
+            failure = JobFailed(503, f"{error}: retry", retry_after=self._retry_after())
+        else:
+            failure = JobFailed(500, f"internal error of the service ({type(error).__name__}); "
+                                     "it is logged, the request can be retried")
+        self._finish(job, FAILED, failure)
+
+    def _expire_job(self, job: Job) -> None:
+        if not job.is_finished:
+            self._finish(job, FAILED, JobFailed(504, f"the job ran past the service's {self.limits.job_timeout_s:g} s "
+                                                     "limit: send fewer samples per job"))
+
+    def _finish(self, job: Job, status: str, error: Optional[JobFailed] = None) -> None:
+        job.status, job.error, job.finished_at = status, error, time.monotonic()
+        for future in job.futures:
+            future.cancel()  # pebble stops a process that runs a cancelled task
+        if job.deadline is not None:
+            job.deadline.cancel()
+        if status == DONE:
+            job.result = pack_values("outputs", self.server.fingerprint, job.outputs)
+            self.metrics.job_seconds.observe(job.finished_at - job.created)
+        job.outputs, job.futures = [], []
+        self._queued_samples -= job.total
+        self.metrics.queued_samples.set(self._queued_samples)
+        job.finished.set()
+
+    def _retry_after(self) -> int:
+        """Seconds until the queue has probably drained a little: a rough, honest hint."""
+        return max(1, min(60, int(self._queued_samples / max(1, self.evaluators.workers))))

@@ -1,0 +1,120 @@
+"""``Evaluators``: concrete-python on untrusted bytes, in processes the service supervises.
+
+Deserializing evaluation keys and running the circuit are native code fed with bytes a
+client chose; crafted keys can make them crash (a segmentation fault) or spin for
+minutes. They therefore run in a pebble process pool: a crash costs the one task that
+caused it (``ProcessExpired``), a task past its timeout has its process stopped, and
+the pool starts a fresh process either way. The service's own process never touches
+those bytes with native code, so it keeps answering.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Callable, Optional
+
+from pebble import ProcessExpired, ProcessPool
+
+from ...fhe import evaluation
+from ..container import PayloadError
+
+__all__ = ["EvaluatorCrashed", "EvaluatorLost", "Evaluators", "EvaluatorTimeout"]
+
+# deaths that the bytes being processed cause; SIGKILL is the OOM killer or an operator
+INPUT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+
+
+class EvaluatorCrashed(Exception):
+    """The task's input killed its process (a signal such as SIGSEGV): the input is to blame."""
+
+
+class EvaluatorLost(Exception):
+    """The task's process died of something else (SIGKILL: memory, an operator): retry later."""
+
+
+class EvaluatorTimeout(Exception):
+    """The task ran past its timeout; its process was stopped."""
+
+
+class Evaluators:
+    """A pool of processes, each holding the circuit and the last few clients' keys.
+
+    Parameters
+    ----------
+    server_zip : str or os.PathLike
+        The server artefact, loaded once by each process.
+    workers : int, optional
+        Processes; one per core by default.
+    keys_per_worker : int
+        Deserialized key sets each process keeps, by keys file.
+    on_restart : callable, optional
+        Called with the failure's class name whenever a process had to be replaced.
+    """
+
+    def __init__(self, server_zip: "os.PathLike[str] | str", workers: Optional[int] = None, keys_per_worker: int = 2,
+                 on_restart: Optional[Callable[[str], None]] = None):
+        self.workers = workers or os.cpu_count() or 1
+        self._on_restart = on_restart or (lambda cause: None)
+        self._initargs = (os.fspath(server_zip), keys_per_worker)
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPool:
+        # spawn: a fork of a process with concrete-python's threads could deadlock
+        return ProcessPool(max_workers=self.workers, initializer=evaluation.start, initargs=self._initargs,
+                           context=multiprocessing.get_context("spawn"))
+
+    def _schedule(self, function, args: tuple, timeout: float) -> Future:
+        with self._lock:
+            # pebble gives up on the whole pool when a process dies with no task of its own (an idle
+            # evaluator killed from outside): its tasks fail as EvaluatorLost, a new pool takes the next
+            if not self._pool.active:
+                self._pool.stop()
+                self._pool = self._new_pool()
+            return self._pool.schedule(function, args, timeout=timeout)
+
+    def check_keys(self, keys_file: Path, timeout: float) -> Future:
+        """Deserialize a key set in a worker: a future of ``None``, or of the refusal."""
+        return self._schedule(evaluation.check_keys, (os.fspath(keys_file),), timeout)
+
+    def run(self, keys_file: Path, values: list[bytes], timeout: float) -> Future:
+        """One sample: a future of its serialized outputs."""
+        return self._schedule(evaluation.run, (os.fspath(keys_file), values), timeout)
+
+    def outcome(self, future: Future):
+        """The future's result, its failure translated: ``EvaluatorCrashed``, ``EvaluatorLost``,
+        ``EvaluatorTimeout``, or ``PayloadError`` for bytes the worker could not read."""
+        try:
+            return future.result()
+        except ValueError as unreadable:  # raised by the worker's own checks: the client's bytes
+            raise PayloadError(str(unreadable)) from None
+        except ProcessExpired as death:
+            if -death.exitcode in INPUT_SIGNALS:
+                failure = EvaluatorCrashed(f"the evaluator died of {_signal_name(death.exitcode)}")
+            else:
+                failure = EvaluatorLost(f"the evaluator died ({_signal_name(death.exitcode)})")
+        except BrokenProcessPool:
+            failure = EvaluatorLost("an evaluator was killed from outside and its pool restarted")
+        except FutureTimeout:  # pebble stops the process
+            failure = EvaluatorTimeout("the evaluator ran past its timeout")
+        self._on_restart(type(failure).__name__)
+        raise failure
+
+    def close(self) -> None:
+        self._pool.stop()
+        self._pool.join(timeout=30)
+
+
+def _signal_name(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return signal.Signals(-exitcode).name
+        except ValueError:
+            pass
+    return f"exit status {exitcode}"
