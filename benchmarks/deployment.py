@@ -48,13 +48,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_service(folder: Path, workers: int) -> tuple[subprocess.Popen, str]:
+def start_service(folder: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """``fheestimators serve folder *options`` on a free port of 127.0.0.1, once it answers."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(folder),
-                                "--port", str(port), "--workers", str(workers)],
+                                "--port", str(port), *options],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
+    for _ in range(1200):
         try:
             if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                 return process, url
@@ -90,7 +91,7 @@ def measure(name: str, model, module, X_test: np.ndarray, repeats: int, n_concur
     server_run_s = median_seconds(lambda: server.run(payload_1, keys), repeats)
 
     log(f"{name}: HTTP")
-    process, url = start_service(folder, workers=1)
+    process, url = start_service(folder, "--workers", "1", "--key-store", str(work / "key-store"))
     try:
         start = time.perf_counter()
         remote = RemoteModel(url, folder, key_dir=work / "remote-0")

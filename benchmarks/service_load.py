@@ -24,7 +24,6 @@ import argparse
 import collections
 import io
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,26 +36,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine, standardized_checkerboard  # noqa: E402
-from deployment import free_port  # noqa: E402
+from deployment import start_service  # noqa: E402
 
 from fheestimators import NeuralNetClassifier  # noqa: E402
 from fheestimators.deployment import Client, RemoteModel, container, save  # noqa: E402
-
-
-def start_service(folder: Path, store: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(folder),
-                                "--port", str(port), "--key-store", str(store)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the service did not start")
 
 
 def peak_memory_mb(pid: int) -> float:
@@ -228,9 +211,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fheestimators-load-"))
     log("training and saving the model and a foreign one")
     folder = save(NeuralNetClassifier(random_state=0, **settings).fit(X_train, y_train), work / "model")
-    foreign = save(NeuralNetClassifier(random_state=0, max_epochs=2, module__n_hidden=8,
-                                       rounding_threshold_bits=4).fit(X_train[:, ::-1], y_train), work / "foreign")
-    process, url = start_service(folder, work / "store")
+    other = NeuralNetClassifier(random_state=0, max_epochs=2, module__n_hidden=8, rounding_threshold_bits=4)
+    foreign = save(other.fit(X_train[:, ::-1].copy(), y_train), work / "foreign")
+    process, url = start_service(folder, "--key-store", str(work / "store"))
     try:
         models = [RemoteModel(url, folder, key_dir=work / f"honest{k}") for k in range(2)]
         for model in models:

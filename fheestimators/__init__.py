@@ -3,7 +3,6 @@
 The public names load on first use (PEP 562), so that a process which only deploys a
 saved model (``fheestimators serve``, a client) does not import torch, Brevitas and skorch.
 """
-import importlib
 import warnings
 from typing import TYPE_CHECKING
 
@@ -13,6 +12,7 @@ warnings.filterwarnings("ignore", message="fast_hadamard_transform package not f
                         module="brevitas")
 
 from . import fhe  # noqa: E402  (first: a process that runs a circuit keeps its exit status)
+from ._lazy import lazy_names  # noqa: E402
 
 _PUBLIC = {
     "DebugArtifacts": ".fhe.artifacts",
@@ -53,13 +53,4 @@ if TYPE_CHECKING:  # what static tools (type checkers, the API docs) read
     )
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'fheestimators' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value  # loaded once
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())

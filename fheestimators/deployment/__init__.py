@@ -4,8 +4,9 @@ The top stage of the package: it imports the others, nothing imports it. Names l
 first use (PEP 562): the service's evaluator processes import a module of this package
 to start, and must not pay for torch and scikit-learn, which they never use.
 """
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_names
 
 _PUBLIC = {
     "Client": ".client",
@@ -26,13 +27,4 @@ if TYPE_CHECKING:  # what static tools read
     from .server import Server
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'fheestimators.deployment' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())

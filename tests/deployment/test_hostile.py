@@ -7,6 +7,7 @@ by less than a stated bound. Every loop is bounded.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -282,3 +283,38 @@ def test_remote_model_sends_batches_beyond_the_synchronous_limit_as_jobs(service
     np.testing.assert_array_equal(honest.predict(X), classifier.predict(X))
     assert metric(service.url, "fheestimators_requests_total",
                   'route="/clients/{client_id}/jobs",status="202"') == before + 1
+
+
+def test_the_service_logs_json_events_without_secrets(service, honest, rows):
+    honest.predict(rows[:1])
+    uploaded, _ = _post(service, "/keys", honest.client.evaluation_keys())
+    assert uploaded.status_code == 201
+    text = service.log.read_text(errors="replace")
+    events = [json.loads(line) for line in text.splitlines() if line.startswith('{"')]  # not concrete's dumps
+    names = [entry["event"] for entry in events]
+    assert "keys_stored" in names and "job_finished" in names
+    # one event per restart and per quarantine the metrics counted, in this same process
+    assert names.count("evaluator_restarted") == metric(service.url, "fheestimators_worker_restarts_total")
+    assert names.count("keys_quarantined") == metric(service.url, "fheestimators_quarantined_key_sets_total")
+    assert all(isinstance(entry["time"], float) for entry in events)
+    for secret in (honest._client_token, uploaded.json()["token"]):
+        assert secret not in text
+    client = uploaded.json()
+    httpx.delete(f"{service.url}/clients/{client['client_id']}", headers={"Authorization": f"Bearer {client['token']}"})
+
+
+def test_one_client_s_long_job_does_not_make_another_wait(service, honest, saved_classifier, classifier, rows,
+                                                          tmp_path):
+    greedy = RemoteModel(service.url, saved_classifier, key_dir=tmp_path, timeout=TIMEOUT)
+    greedy._register_once()
+    auth = {"Authorization": f"Bearer {greedy._client_token}"}
+    submitted, _ = _post(service, f"/clients/{greedy.client_id}/jobs",
+                         greedy.client.encrypt(np.resize(rows, (16, rows.shape[1]))), auth)
+    assert submitted.status_code == 202
+    status_url = f"{service.url}/clients/{greedy.client_id}/jobs/{submitted.json()['job_id']}"
+    # the honest sample waits for at most one of the greedy client's samples per evaluator, not sixteen
+    np.testing.assert_array_equal(honest.predict(rows[:1]), classifier.predict(rows[:1]))
+    assert httpx.get(status_url, headers=auth).json()["done"] < 16
+    assert httpx.delete(status_url, headers=auth).status_code == 204
+    _wait_for(lambda: _queued(service) == 0, timeout=5.0)
+    greedy.close()

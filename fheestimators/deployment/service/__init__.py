@@ -6,10 +6,10 @@ results), ``keystore`` (uploaded keys on disk, quarantine), ``limits`` (every bo
 ``metrics`` (Prometheus). Nothing else in the package imports it. Names load on first
 use, so that ``fheestimators serve``'s own module stays light for its evaluator processes.
 """
-import importlib
 import os
 from typing import TYPE_CHECKING
 
+from ..._lazy import lazy_names
 from .limits import ENV_API_TOKEN, ENV_DASK, ENV_KEY_STORE, ENV_MODEL_DIR, Limits
 
 _PUBLIC = {"KeyStore": ".keystore", "create_app": ".app", "default_key_store": ".app"}
@@ -31,7 +31,9 @@ def app_from_environment() -> "FastAPI":
     environment, never the command line, so that it does not show in the process list.
     """
     from .app import create_app as create
+    from .logs import configure
 
+    configure()
     model_dir = os.environ.get(ENV_MODEL_DIR)
     if not model_dir:
         raise RuntimeError(f"set {ENV_MODEL_DIR} to the folder written by fheestimators.deployment.save, "
@@ -41,13 +43,4 @@ def app_from_environment() -> "FastAPI":
                   dask=os.environ.get(ENV_DASK) or None)
 
 
-def __getattr__(name: str):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'fheestimators.deployment.service' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())

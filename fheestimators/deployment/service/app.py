@@ -13,6 +13,7 @@ import hmac
 import logging
 import mmap
 import os
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, Union
@@ -31,6 +32,7 @@ from .body import read_body, spool_body
 from .jobs import DONE, Job, JobFailed, Jobs, QueueFull, UnknownJob
 from .keystore import BadToken, KeyStore, Quarantined, StoreFull, UnknownClient, keys_digest
 from .limits import Limits
+from .logs import event
 from .metrics import Metrics, RequestCounter
 from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
 
@@ -40,7 +42,6 @@ if TYPE_CHECKING:  # distributed is optional
 __all__ = ["create_app"]
 
 MB = 1 << 20
-log = logging.getLogger("fheestimators.service")
 
 # the OpenAPI description of a raw binary body, which FastAPI cannot infer from a dependency
 BINARY_BODY = {"requestBody": {"required": True, "content": {
@@ -127,10 +128,14 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
     store = key_store
     store.expire(limits.key_ttl_s)
     metrics = Metrics()
+
+    def restarted(cause: str) -> None:
+        metrics.worker_deaths.labels(cause=cause).inc()
+        event("evaluator_restarted", logging.WARNING, cause=cause)
+
     # with a cluster, the evaluators here only check uploaded keys: one is enough
     evaluators = Evaluators(read_artifact(model_dir, SERVER_FILE), 1 if dask else limits.workers,
-                            limits.keys_per_worker,
-                            on_restart=lambda cause: metrics.worker_deaths.labels(cause=cause).inc())
+                            limits.keys_per_worker, on_restart=restarted)
     jobs = Jobs(server, evaluators, store, limits, metrics)
     keys_size = server.header["evaluation_keys_bytes"]
     sample_bytes = sum(server.header["input_bytes"])
@@ -240,6 +245,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
             raise Refused(JobFailed(429, f"the service reads {limits.max_uploads} key uploads at a time: retry",
                                     retry_after=5))
         async with uploads:
+            start = time.monotonic()
             spooled = await spool_body(request, keys_limit, limits.body_timeout_s,
                                        "the bytes of Client.evaluation_keys()", incoming)
             try:
@@ -252,6 +258,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
                 store.quarantine(digest)
                 store.discard(client_id)
                 metrics.quarantined.inc()
+                event("keys_quarantined", logging.WARNING, at="upload", cause=type(error).__name__)
                 raise Refused(JobFailed(400, f"{error} while loading these evaluation keys: they are refused, "
                                              "now and if sent again")) from None
             except EvaluatorLost as error:
@@ -261,7 +268,9 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
                 store.discard(client_id)
                 raise
         update_store_gauges()
-        return ClientCreated(client_id=client_id, token=store.activate(client_id))
+        token = store.activate(client_id)
+        event("keys_stored", client_id=client_id, seconds=round(time.monotonic() - start, 3))
+        return ClientCreated(client_id=client_id, token=token)
 
     def store_upload(spooled: Path) -> tuple[str, str]:
         """Parse the spooled keys container, refuse quarantined keys, reserve a client for them."""
@@ -397,8 +406,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BadToken, refuse(401, {"WWW-Authenticate": "Bearer"}))
 
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        log.error("internal error on %s %s", request.method, getattr(request.scope.get("route"), "path", "?"),
-                  exc_info=(type(error), error, error.__traceback__))
+        event("internal_error", logging.ERROR, exc_info=(type(error), error, error.__traceback__),
+              method=request.method, route=getattr(request.scope.get("route"), "path", "unmatched"),
+              error=type(error).__name__)
         # the client learns only that the fault is ours
         return JSONResponse({"detail": f"internal error of the service ({type(error).__name__}); "
                                        "it is logged, the request can be retried"}, status_code=500)

@@ -2,17 +2,20 @@
 
 A synchronous prediction and a submitted job are the same thing here: a ``Job`` of
 samples, each sample one task of the evaluator pool. Admission is bounded by the
-samples waiting or running over all jobs (a full queue is ``QueueFull``, answered 429
-with ``Retry-After``); every job has a deadline; a job can be cancelled (its client hung
-up, or asked), which stops the processes running its samples; finished jobs keep their
-result for a time-to-live, then are forgotten.
+samples waiting or running, over all jobs and per client (a full queue is
+``QueueFull``, answered 429 with ``Retry-After``). Each client has as many samples in
+the pool at a time as there are evaluators, so that one client's thousand samples
+interleave with another's one instead of going first. Every job has a deadline; a job
+can be cancelled (its client hung up, or asked), which stops the processes running its
+samples; finished jobs keep their result for a time-to-live, then are forgotten.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -21,6 +24,7 @@ from ..container import PayloadError
 from ..wire import pack_values
 from .keystore import KeyStore
 from .limits import Limits
+from .logs import event
 from .metrics import Metrics
 from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
 
@@ -64,8 +68,7 @@ class Job:
     error: Optional[JobFailed] = None
     result: Optional[bytes] = None
     finished_at: Optional[float] = None
-    deadline: Optional[asyncio.TimerHandle] = field(default=None, repr=False)
-    futures: list = field(default_factory=list, repr=False)
+    task: Optional[asyncio.Task] = field(default=None, repr=False)
     outputs: list = field(default_factory=list, repr=False)
     finished: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
@@ -88,38 +91,35 @@ class Jobs:
         self.server, self.evaluators, self.store, self.limits, self.metrics = (
             server, evaluators, store, limits, metrics)
         self._jobs: dict[str, Job] = {}
-        self._queued_samples = 0
+        self._queued: dict[str, int] = {}  # samples waiting or running, by client
+        self._slots: dict[str, asyncio.Semaphore] = {}  # samples in the pool at a time, by client
         # the dask path waits on the cluster in a thread: a batch there is one task of ours
         self._threads = ThreadPoolExecutor(2) if server.cluster is not None else None
+
+    @property
+    def queued_samples(self) -> int:
+        return sum(self._queued.values())
 
     # ------------------------------------------------------------ submitting
     def submit(self, client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool = True) -> Job:
         """Queue the samples; ``keep`` registers the job for polling (the job API) until its TTL."""
         self.sweep()
-        n = len(samples)
-        if self._queued_samples + n > self.limits.max_queued_samples:
-            raise QueueFull(f"the service has {self._queued_samples} samples of work queued and takes at most "
+        n, queued, mine = len(samples), self.queued_samples, self._queued.get(client_id, 0)
+        if queued + n > self.limits.max_queued_samples:
+            raise QueueFull(f"the service has {queued} samples of work queued and takes at most "
                             f"{self.limits.max_queued_samples}: retry later", self._retry_after())
+        if mine + n > self.limits.max_client_queued_samples:
+            raise QueueFull(f"this client has {mine} samples of work queued and may have at most "
+                            f"{self.limits.max_client_queued_samples}: retry once some are done", self._retry_after())
         if keep and len(self._jobs) >= self.limits.max_jobs:
             raise QueueFull(f"the service remembers {len(self._jobs)} jobs, its limit: fetch finished results "
                             "or retry later", self._retry_after())
         job = Job(id=secrets.token_urlsafe(16), client_id=client_id, total=n, outputs=[None] * n)
-        self._queued_samples += n
-        self.metrics.queued_samples.set(self._queued_samples)
-        loop = asyncio.get_running_loop()
-        if self._threads is not None:
-            # the store holds the keys themselves, checked at upload: the workers get them by their size check
-            future = self._threads.submit(self.server.cluster.run, samples, keys_file.read_bytes(),
-                                          self.server._checked_size)
-            future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._batch_done, job, f))
-            job.futures.append(future)
-        else:
-            timeout = self.limits.sample_timeout_s
-            for i, values in enumerate(samples):
-                future = self.evaluators.run(keys_file, values, timeout)
-                future.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(self._sample_done, job, i, f))
-                job.futures.append(future)
-        job.deadline = loop.call_later(self.limits.job_timeout_s, self._expire_job, job)
+        self._queued[client_id] = mine + n
+        self.metrics.queued_samples.set(self.queued_samples)
+        run_on = self._on_cluster if self._threads is not None else self._on_evaluators
+        work = run_on(job, keys_file, samples)
+        job.task = asyncio.get_running_loop().create_task(self._run(job, work))
         if keep:
             self._jobs[job.id] = job
         return job
@@ -140,6 +140,7 @@ class Jobs:
     def cancel(self, job: Job, reason: str) -> None:
         if not job.is_finished:
             self._finish(job, CANCELLED, JobFailed(499, reason))
+            job.task.cancel()  # stops its samples' processes
 
     async def wait(self, job: Job, is_disconnected: Optional[Callable] = None, poll_s: float = 0.5) -> Job:
         """Until the job ends; cancelled when ``is_disconnected()`` says its client hung up."""
@@ -164,67 +165,86 @@ class Jobs:
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
 
-    # ------------------------------------------------------------ results, on the event loop
-    def _sample_done(self, job: Job, i: int, future: Future) -> None:
-        if job.is_finished or future.cancelled():
-            return
+    # ------------------------------------------------------------ running, on the event loop
+    async def _run(self, job: Job, work) -> None:
         try:
-            job.outputs[i] = self.evaluators.outcome(future)
+            await asyncio.wait_for(work, self.limits.job_timeout_s)
+        except asyncio.CancelledError:
+            return  # cancel() has finished the job
+        except asyncio.TimeoutError:
+            self._finish(job, FAILED, JobFailed(504, f"the job ran past the service's {self.limits.job_timeout_s:g} s "
+                                                     "limit: send fewer samples per job"))
+        except BaseExceptionGroup as failures:  # the first sample that failed; the others were cancelled
+            self._fail(job, failures.exceptions[0])
         except Exception as error:  # noqa: BLE001: every failure becomes the job's answer
             self._fail(job, error)
-            return
-        job.status, job.done = RUNNING, job.done + 1
-        self.metrics.samples.inc()
-        if job.done == job.total:
+        else:
             self._finish(job, DONE)
 
-    def _batch_done(self, job: Job, future: Future) -> None:
-        if job.is_finished or future.cancelled():
-            return
-        try:
-            job.outputs = future.result()
-        except Exception as error:  # noqa: BLE001
-            self._fail(job, error)
-            return
+    async def _on_evaluators(self, job: Job, keys_file: Path, samples: list[list[bytes]]) -> None:
+        slots = self._slots.setdefault(job.client_id, asyncio.Semaphore(self.evaluators.workers))
+
+        async def one(i: int, values: list[bytes]) -> None:
+            async with slots:
+                future = self.evaluators.run(keys_file, values, self.limits.sample_timeout_s)
+                try:
+                    await asyncio.wrap_future(future)
+                except asyncio.CancelledError:
+                    future.cancel()  # pebble stops the process running it
+                    raise
+                except Exception:  # noqa: BLE001: translated by outcome just below
+                    pass
+                job.outputs[i] = self.evaluators.outcome(future)
+            job.status, job.done = RUNNING, job.done + 1
+            self.metrics.samples.inc()
+
+        async with asyncio.TaskGroup() as group:
+            for i, values in enumerate(samples):
+                group.create_task(one(i, values))
+
+    async def _on_cluster(self, job: Job, keys_file: Path, samples: list[list[bytes]]) -> None:
+        # the store holds the keys themselves, checked at upload: the workers get them by their size check
+        job.status = RUNNING
+        job.outputs = await asyncio.wrap_future(self._threads.submit(
+            self.server.cluster.run, samples, keys_file.read_bytes(), self.server._checked_size))
         job.done = job.total
         self.metrics.samples.inc(job.total)
-        self._finish(job, DONE)
 
-    def _fail(self, job: Job, error: Exception) -> None:
+    def _fail(self, job: Job, error: BaseException) -> None:
         if isinstance(error, PayloadError):
             failure = JobFailed(400, str(error))
         elif isinstance(error, (EvaluatorCrashed, EvaluatorTimeout)):
             # the client's own keys or ciphertexts did it: they must not do it again
             self.store.quarantine(self.store.digest_of(job.client_id) or "", job.client_id)
             self.metrics.quarantined.inc()
+            event("keys_quarantined", logging.WARNING, at="run", cause=type(error).__name__, client_id=job.client_id)
             failure = JobFailed(400, f"{error} on this client's bytes; its keys are quarantined: generate a new "
                                      "key set and upload it")
         elif isinstance(error, EvaluatorLost):
             failure = JobFailed(503, f"{error}: retry", retry_after=self._retry_after())
         else:
+            event("job_error", logging.ERROR, exc_info=(type(error), error, error.__traceback__),
+                  error=type(error).__name__)
             failure = JobFailed(500, f"internal error of the service ({type(error).__name__}); "
                                      "it is logged, the request can be retried")
         self._finish(job, FAILED, failure)
 
-    def _expire_job(self, job: Job) -> None:
-        if not job.is_finished:
-            self._finish(job, FAILED, JobFailed(504, f"the job ran past the service's {self.limits.job_timeout_s:g} s "
-                                                     "limit: send fewer samples per job"))
-
     def _finish(self, job: Job, status: str, error: Optional[JobFailed] = None) -> None:
         job.status, job.error, job.finished_at = status, error, time.monotonic()
-        for future in job.futures:
-            future.cancel()  # pebble stops a process that runs a cancelled task
-        if job.deadline is not None:
-            job.deadline.cancel()
         if status == DONE:
             job.result = pack_values("outputs", self.server.fingerprint, job.outputs)
             self.metrics.job_seconds.observe(job.finished_at - job.created)
-        job.outputs, job.futures = [], []
-        self._queued_samples -= job.total
-        self.metrics.queued_samples.set(self._queued_samples)
+        job.outputs = []
+        event("job_finished", client_id=job.client_id, status=status, samples=job.total, done=job.done,
+              seconds=round(job.finished_at - job.created, 3), http_status=error.status_code if error else 200)
+        left = self._queued.pop(job.client_id) - job.total
+        if left:
+            self._queued[job.client_id] = left
+        else:
+            self._slots.pop(job.client_id, None)
+        self.metrics.queued_samples.set(self.queued_samples)
         job.finished.set()
 
     def _retry_after(self) -> int:
         """Seconds until the queue has probably drained a little: a rough, honest hint."""
-        return max(1, min(60, int(self._queued_samples / max(1, self.evaluators.workers))))
+        return max(1, min(60, int(self.queued_samples / max(1, self.evaluators.workers))))

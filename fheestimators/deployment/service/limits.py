@@ -39,6 +39,7 @@ class Limits:
     max_samples: int = _limit(64, "samples in one synchronous predict request (larger batches: the job API)")
     max_job_samples: int = _limit(1024, "samples in one job")
     max_queued_samples: int = _limit(2048, "samples waiting or running over all requests and jobs")
+    max_client_queued_samples: int = _limit(1024, "samples waiting or running for one client")
     sample_timeout_s: float = _limit(600.0, "seconds one sample may run before its worker is stopped")
     job_timeout_s: float = _limit(3600.0, "seconds one request or job may take in all")
     key_check_timeout_s: float = _limit(30.0, "seconds uploaded keys may take to load before they are refused")
