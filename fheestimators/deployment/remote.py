@@ -218,7 +218,8 @@ class RemoteModel:
             headers = {"Content-Type": "application/octet-stream"}
             if self._api_token is not None:
                 headers["Authorization"] = f"Bearer {self._api_token}"
-            answer = self._checked(self._http.post("/keys", content=keys, headers=headers)).json()
+            answer = self._checked(self._patiently(lambda: self._http.post("/keys", content=keys,
+                                                                           headers=headers))).json()
             self.client_id, self._client_token = answer["client_id"], answer["token"]
             self.uploads += 1
             if self.key_dir is not None:

@@ -1,9 +1,9 @@
 """A process that only evaluates a saved circuit: on serialized values, with a client's serialized keys.
 
-The service's evaluator processes import this module alone (concrete-python, nothing of
-torch or scikit-learn), so that a fresh process, after a crash, is ready in about a
-second. Everything here runs on bytes a client chose: failures to read them raise
-``ValueError``; a crash in native code kills only this process.
+The service's evaluator processes are forked from a server process that imported this
+module alone, so that a replacement, after a crash, is ready at once. Everything here
+runs on bytes a client chose: failures to read them raise ``ValueError``; a crash in
+native code kills only this process.
 """
 from __future__ import annotations
 

@@ -63,19 +63,25 @@ class Service:
         raise AssertionError("no VmHWM in /proc: these tests need Linux")
 
     def evaluator_pids(self) -> list[int]:
-        """The processes running FHE work: the service's children started by multiprocessing's spawn."""
-        # every thread's children: the pool's own thread starts them
-        children = [pid for task in Path(f"/proc/{self.process.pid}/task").iterdir()
-                    for pid in (task / "children").read_text().split()]
-        pids = []
-        for pid in map(int, children):
-            try:
-                command = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except FileNotFoundError:
-                continue
-            if b"spawn_main" in command:
-                pids.append(pid)
-        return pids
+        """The processes running FHE work: the children of the multiprocessing fork server the service started."""
+        return [pid for server in _children(self.process.pid) if b"forkserver" in _command(server)
+                for pid in _children(server)]
+
+
+def _children(pid: int) -> list[int]:
+    # every thread's children: a process's threads start them too
+    try:
+        return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                for child in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def free_port() -> int:

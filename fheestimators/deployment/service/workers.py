@@ -66,9 +66,12 @@ class Evaluators:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPool:
-        # spawn: a fork of a process with concrete-python's threads could deadlock
+        # forked from a server process that has imported concrete-python and nothing else (no thread
+        # of ours): a replacement is ready in ~0.03 s, against ~1.5-7 s for a fresh interpreter
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([evaluation.__name__])
         return ProcessPool(max_workers=self.workers, initializer=evaluation.start, initargs=self._initargs,
-                           context=multiprocessing.get_context("spawn"))
+                           context=context)
 
     def _schedule(self, function, args: tuple, timeout: float) -> Future:
         with self._lock:
