@@ -7,6 +7,7 @@ native code kills only this process.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -17,8 +18,13 @@ __all__ = ["check_keys", "load_keys", "run", "start"]
 _state: dict = {"server": None, "keys": OrderedDict(), "keep": 2}
 
 
-def start(server_zip: str, keep: int) -> None:
-    """Load the circuit once per process; keep the last ``keep`` key sets read."""
+def start(server_zip: str, keep: int, niceness: int = 0) -> None:
+    """Load the circuit once per process; keep the last ``keep`` key sets read.
+
+    ``niceness`` lowers this process's CPU priority, so that a machine full of FHE work
+    still answers the requests of the process that started it.
+    """
+    os.nice(niceness)
     _state.update(server=fhe.Server.load(server_zip), keep=keep)
 
 

@@ -35,7 +35,7 @@ class Limits:
     """
 
     workers: Optional[int] = _limit(None, "processes that run FHE work (default: one per core)")
-    keys_per_worker: int = _limit(2, "evaluation key sets each worker keeps loaded (~0.5 GB each for real models)")
+    keys_per_worker: int = _limit(4, "evaluation key sets each worker keeps loaded (~0.5 GB each for real models)")
     max_samples: int = _limit(64, "samples in one synchronous predict request (larger batches: the job API)")
     max_job_samples: int = _limit(1024, "samples in one job")
     max_queued_samples: int = _limit(2048, "samples waiting or running over all requests and jobs")

@@ -26,6 +26,7 @@ from ..container import PayloadError
 
 __all__ = ["EvaluatorCrashed", "EvaluatorLost", "Evaluators", "EvaluatorTimeout"]
 
+EVALUATOR_NICENESS = 5
 # deaths that the bytes being processed cause; SIGKILL is the OOM killer or an operator
 INPUT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
 
@@ -57,11 +58,12 @@ class Evaluators:
         Called with the failure's class name whenever a process had to be replaced.
     """
 
-    def __init__(self, server_zip: "os.PathLike[str] | str", workers: Optional[int] = None, keys_per_worker: int = 2,
+    def __init__(self, server_zip: "os.PathLike[str] | str", workers: Optional[int] = None, keys_per_worker: int = 4,
                  on_restart: Optional[Callable[[str], None]] = None):
         self.workers = workers or os.cpu_count() or 1
         self._on_restart = on_restart or (lambda cause: None)
-        self._initargs = (os.fspath(server_zip), keys_per_worker)
+        # below the HTTP process's priority: health checks and refusals stay fast on a busy machine
+        self._initargs = (os.fspath(server_zip), keys_per_worker, EVALUATOR_NICENESS)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
