@@ -2,7 +2,8 @@
 
 ``fheestimators serve`` runs in a subprocess on 127.0.0.1 with its default limits (two
 evaluator processes on this 2-core machine). Honest clients send one encrypted sample
-at a time for a fixed time, first alone, then while attacker threads send, in a loop:
+at a time for a fixed time, first alone, then while an attacker (another process on the
+same 2 cores) sends, in a loop:
 
 - bombs: a 1 KB container declaring a 10 GB member, and a bzip2 zip bomb of 64 MB;
 - random ciphertexts of the right sizes, with the attacker's own registered keys;
@@ -24,6 +25,7 @@ import argparse
 import collections
 import io
 import json
+import multiprocessing
 import sys
 import tempfile
 import threading
@@ -200,6 +202,16 @@ def single_attacks(attacker: "Attacker", pid: int, honest: RemoteModel, rows: np
     return results
 
 
+def attack_until(url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, ready, stop, answers) -> None:
+    """Every attack at once, in this process (not sharing the honest clients' interpreter), until ``stop``."""
+    attacker = Attacker(url, folder, foreign, rows, work)
+    attacker.stop = stop
+    attacker.start()
+    ready.set()
+    stop.wait()
+    answers.put({attack: {str(k): v for k, v in counts.items()} for attack, counts in attacker.answers.items()})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a small network, short phases")
@@ -223,13 +235,18 @@ def main() -> None:
         attacker = Attacker(url, folder, foreign, X_test, work)
         log("each attack once, alone")
         single = single_attacks(attacker, process.pid, models[0], X_test)
-        log(f"honest clients beside the attacker, {seconds:g} s")
-        attacker.start()
-        health = threading.Thread(target=probe_health, args=(url, attacker.stop, health_latencies := []), daemon=True)
+        log(f"honest clients beside the attacker (a process of its own), {seconds:g} s")
+        context = multiprocessing.get_context("spawn")
+        ready, stop, answers = context.Event(), context.Event(), context.Queue()
+        hostile = context.Process(target=attack_until, args=(url, folder, foreign, X_test, work, ready, stop, answers))
+        hostile.start()
+        ready.wait(600)
+        health = threading.Thread(target=probe_health, args=(url, stop, health_latencies := []), daemon=True)
         health.start()
         attacked = honest_phase(models, X_test, seconds)
-        attacker.stop.set()
-        time.sleep(2.0)
+        stop.set()
+        attacker_answers = answers.get(timeout=600)
+        hostile.join(60)
         result = {
             "machine": machine(),
             "model": "NeuralNetClassifier(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")",
@@ -237,8 +254,7 @@ def main() -> None:
             "single_attacks": single,
             "honest_alone": alone,
             "honest_under_attack": attacked,
-            "attacker_answers": {attack: {str(k): v for k, v in counts.items()}
-                                 for attack, counts in attacker.answers.items()},
+            "attacker_answers": attacker_answers,
             "service_peak_memory_mb": peak_memory_mb(process.pid),
             "evaluator_restarts": metric(url, "fheestimators_worker_restarts_total"),
             "quarantined_key_sets": metric(url, "fheestimators_quarantined_key_sets_total"),

@@ -35,10 +35,7 @@ def load_keys(keys_file: str) -> fhe.EvaluationKeys:
     if keys is not None:
         cache.move_to_end(keys_file)
         return keys
-    try:
-        keys = fhe.EvaluationKeys.deserialize(Path(keys_file).read_bytes())
-    except RuntimeError as error:
-        raise ValueError(f"the evaluation keys are damaged ({str(error).splitlines()[0][:200]})") from None
+    keys = _read_keys(keys_file)
     cache[keys_file] = keys
     while len(cache) > _state["keep"]:
         cache.popitem(last=False)
@@ -46,8 +43,19 @@ def load_keys(keys_file: str) -> fhe.EvaluationKeys:
 
 
 def check_keys(keys_file: str) -> None:
-    """Whether the key set loads: refused with ``ValueError``, or a crash of this process."""
-    load_keys(keys_file)
+    """Whether the key set loads: refused with ``ValueError``, or a crash of this process.
+
+    Not kept: a key set being checked need not be the next one used here, and keeping it
+    would push out the keys of the clients this process is serving.
+    """
+    _read_keys(keys_file)
+
+
+def _read_keys(keys_file: str) -> fhe.EvaluationKeys:
+    try:
+        return fhe.EvaluationKeys.deserialize(Path(keys_file).read_bytes())
+    except RuntimeError as error:
+        raise ValueError(f"the evaluation keys are damaged ({str(error).splitlines()[0][:200]})") from None
 
 
 def run(keys_file: str, values: list[bytes]) -> list[bytes]:
