@@ -18,6 +18,7 @@ from concrete import fhe
 from fheestimators.deployment import Client, PayloadError, RemoteModel, Server, container, fingerprint
 from fheestimators.deployment import client as client_module
 from fheestimators.deployment.artifacts import check_versions, model_fingerprint, versions
+from fheestimators.deployment.security import min_log2_std
 
 URL = "http://fake-service.invalid"
 RESERVED = ("format", "kind", "fingerprint", "members")
@@ -207,7 +208,7 @@ def test_the_curve_is_concrete_s(saved_classifier):
     dimensions = {key["id"]: key["params"]["lweDimension"] for key in keyset["lweSecretKeys"]}
     for ksk in keyset["lweKeyswitchKeys"]:
         log2_std = 0.5 * np.log2(ksk["params"]["variance"])
-        assert log2_std == pytest.approx(client_module.min_log2_std(dimensions[ksk["outputId"]]), abs=1e-6)
+        assert log2_std == pytest.approx(min_log2_std(dimensions[ksk["outputId"]]), abs=1e-6)
 
 
 # ---------------------------------------------------------------- versions
