@@ -253,12 +253,10 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
             finally:
                 spooled.unlink(missing_ok=True)
             try:
-                await run_in_evaluator(evaluators.check_keys(store.keys_file(client_id), limits.key_check_timeout_s))
+                await evaluators.wait(evaluators.check_keys(store.keys_file(client_id), limits.key_check_timeout_s))
             except (EvaluatorCrashed, EvaluatorTimeout) as error:
-                store.quarantine(digest)
                 store.discard(client_id)
-                metrics.quarantined.inc()
-                event("keys_quarantined", logging.WARNING, at="upload", cause=type(error).__name__)
+                jobs.quarantine(digest, error)
                 raise Refused(JobFailed(400, f"{error} while loading these evaluation keys: they are refused, "
                                              "now and if sent again")) from None
             except EvaluatorLost as error:
@@ -282,17 +280,6 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
             raise Quarantined("these evaluation keys crashed or hung the evaluator before; they are refused: "
                               "generate a new key set")
         return store.reserve(server.fingerprint, keys), digest
-
-    async def run_in_evaluator(future):
-        """The outcome of an evaluator's task; the task is stopped if this request is cancelled."""
-        try:
-            await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception:  # noqa: BLE001: translated just below
-            pass
-        return evaluators.outcome(future)
 
     def update_store_gauges() -> None:
         n_clients, n_bytes = store.usage()

@@ -159,6 +159,13 @@ class Jobs:
             if job.finished_at is not None and now - job.finished_at > self.limits.result_ttl_s:
                 del self._jobs[job_id]
 
+    def quarantine(self, digest: str, cause: Exception, client_id: Optional[str] = None) -> None:
+        """Refuse these keys (and their client, once it exists) from now on; counted and logged."""
+        self.store.quarantine(digest, client_id)
+        self.metrics.quarantined.inc()
+        event("keys_quarantined", logging.WARNING, at="run" if client_id else "upload", cause=type(cause).__name__,
+              client_id=client_id)
+
     def close(self) -> None:
         for job in list(self._jobs.values()):
             self.cancel(job, "the service is stopping")
@@ -186,15 +193,8 @@ class Jobs:
 
         async def one(i: int, values: list[bytes]) -> None:
             async with slots:
-                future = self.evaluators.run(keys_file, values, self.limits.sample_timeout_s)
-                try:
-                    await asyncio.wrap_future(future)
-                except asyncio.CancelledError:
-                    future.cancel()  # pebble stops the process running it
-                    raise
-                except Exception:  # noqa: BLE001: translated by outcome just below
-                    pass
-                job.outputs[i] = self.evaluators.outcome(future)
+                job.outputs[i] = await self.evaluators.wait(
+                    self.evaluators.run(keys_file, values, self.limits.sample_timeout_s))
             job.status, job.done = RUNNING, job.done + 1
             self.metrics.samples.inc()
 
@@ -215,9 +215,7 @@ class Jobs:
             failure = JobFailed(400, str(error))
         elif isinstance(error, (EvaluatorCrashed, EvaluatorTimeout)):
             # the client's own keys or ciphertexts did it: they must not do it again
-            self.store.quarantine(self.store.digest_of(job.client_id) or "", job.client_id)
-            self.metrics.quarantined.inc()
-            event("keys_quarantined", logging.WARNING, at="run", cause=type(error).__name__, client_id=job.client_id)
+            self.quarantine(self.store.digest_of(job.client_id) or "", error, job.client_id)
             failure = JobFailed(400, f"{error} on this client's bytes; its keys are quarantined: generate a new "
                                      "key set and upload it")
         elif isinstance(error, EvaluatorLost):

@@ -9,6 +9,7 @@ those bytes with native code, so it keeps answering.
 """
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import signal
@@ -110,6 +111,17 @@ class Evaluators:
             failure = EvaluatorTimeout("the evaluator ran past its timeout")
         self._on_restart(type(failure).__name__)
         raise failure
+
+    async def wait(self, future: Future):
+        """``outcome`` of ``future``, awaited; the task is stopped if the awaiting coroutine is cancelled."""
+        try:
+            await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # pebble stops the process running it
+            raise
+        except Exception:  # noqa: BLE001: translated by outcome just below
+            pass
+        return self.outcome(future)
 
     def close(self) -> None:
         self._pool.stop()
