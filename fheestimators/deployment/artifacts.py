@@ -14,6 +14,7 @@ parameters and the model's clear ends it covers.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,14 +29,16 @@ import numpy as np
 from concrete import fhe
 
 from ..quantization.module import QuantizedModule
-from . import container
+from ..fhe.cost import CircuitWork
+from . import container, preprocessing
 from .clientside import ClientModel, _quantized_module
 
 CLIENT_FILE = "client.zip"
 SERVER_FILE = "server.zip"
 SERVER_HEADER = "fheestimators.json"
-# what a client artefact holds, in the order the fingerprint hashes them
+# what a client artefact holds, in the order the fingerprint hashes them, then what it may hold
 CLIENT_MEMBERS = ("client.specs.json", "model.json", "model.npz")
+OPTIONAL_CLIENT_MEMBERS = (preprocessing.MEMBER,)
 _FINGERPRINT_TAG = b"fheestimators client fingerprint 1\0"
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 PathLike = Union[str, "os.PathLike[str]"]
@@ -49,8 +52,10 @@ def model_fingerprint(circuit_digest: str, members: Mapping[str, bytes]) -> str:
     """The model's fingerprint: sha256 over the circuit's digest and the client artefact's members.
 
     The one definition, used by ``save`` to write it and by ``Client`` to check it. Every
-    member of ``CLIENT_MEMBERS`` is hashed with its name, so no byte of them can move or
-    change without changing the fingerprint.
+    member of ``CLIENT_MEMBERS``, and of ``OPTIONAL_CLIENT_MEMBERS`` present, is hashed
+    with its name, so no byte of them can move, change or go without changing the
+    fingerprint (a model without optional members keeps the fingerprint it had before
+    they existed).
     """
     if not isinstance(circuit_digest, str) or not _SHA256_HEX.fullmatch(circuit_digest):
         raise container.PayloadError("the client artefact's header has no valid circuit_digest (64 hex digits): "
@@ -59,7 +64,7 @@ def model_fingerprint(circuit_digest: str, members: Mapping[str, bytes]) -> str:
     if missing:
         raise container.PayloadError(f"the client artefact lacks {', '.join(missing)}")
     digest = hashlib.sha256(_FINGERPRINT_TAG + circuit_digest.encode("ascii"))
-    for name in CLIENT_MEMBERS:
+    for name in CLIENT_MEMBERS + tuple(name for name in OPTIONAL_CLIENT_MEMBERS if name in members):
         digest.update(name.encode("ascii") + b"\0" + hashlib.sha256(members[name]).digest())
     return digest.hexdigest()
 
@@ -69,7 +74,7 @@ def verified_fingerprint(header: Mapping[str, Any], members: Mapping[str, bytes]
 
     Reads no member beyond hashing it: call it before any parser sees them.
     """
-    unexpected = sorted(set(members) - set(CLIENT_MEMBERS))
+    unexpected = sorted(set(members) - set(CLIENT_MEMBERS) - set(OPTIONAL_CLIENT_MEMBERS))
     if unexpected:
         raise container.PayloadError(f"the client artefact holds members save never writes ({unexpected[:3]}): "
                                      "it was altered")
@@ -136,8 +141,12 @@ def save(model: Any, path: PathLike) -> Path:
 
     Parameters
     ----------
-    model : NeuralNetClassifier, NeuralNetRegressor or QuantizedModule
-        Fitted (estimators) or compiled (modules).
+    model : NeuralNetClassifier, NeuralNetRegressor, QuantizedModule or Pipeline
+        Fitted (estimators) or compiled (modules); or a fitted scikit-learn ``Pipeline``
+        ending with one of them, whose leading steps (scalers, imputers, encoders, a
+        ``ColumnTransformer``: ``preprocessing.TRUSTED``) the client runs in the clear
+        before encrypting. They travel in the client artefact as ``skops.io`` bytes, and
+        the fingerprint covers them.
     path : str or os.PathLike
         A folder, created if needed; artefacts already there are replaced.
 
@@ -149,13 +158,14 @@ def save(model: Any, path: PathLike) -> Path:
 
     Notes
     -----
-    The client artefact holds the input quantizers, the output dequantizers, the ops after
-    the last table lookup and ``classes_``; the server artefact holds the circuit, which
+    The client artefact holds the preprocessing, the input quantizers, the output
+    dequantizers, the ops after the last table lookup, ``classes_`` and the fitted column
+    names; the server artefact holds the circuit, which
     has the weights in the clear. Neither holds training data or keys. Saving generates a
     throwaway key set once (seconds) to record the sizes of valid keys and ciphertexts, by
     which the server refuses those of another model before touching them.
     """
-    module = _quantized_module(model)
+    module = _quantized_module(preprocessing.split(model)[1])
     client_model = ClientModel.from_model(model)
     circuit = deployment_circuit(module)
     specs = circuit.server.client_specs.serialize()
@@ -163,7 +173,10 @@ def save(model: Any, path: PathLike) -> Path:
     circuit_digest = hashlib.sha256(circuit.mlir.encode()).hexdigest()
     model_id = model_fingerprint(circuit_digest, members)
     sizes = _sizes(circuit, client_model)
-    header = {"versions": versions(), "circuit_digest": circuit_digest, "n_inputs": client_model.n_inputs, **sizes}
+    # what the cost model needs to predict latency and key generation on the reader's machine
+    work = dataclasses.asdict(CircuitWork.of(circuit))
+    header = {"versions": versions(), "circuit_digest": circuit_digest, "n_inputs": client_model.n_inputs,
+              "circuit_work": work, **sizes}
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
