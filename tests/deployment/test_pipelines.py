@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
+import torch
 from deploy_models import SMALL, two_feature_data
 from serving import Service
 from sklearn.compose import ColumnTransformer
@@ -16,10 +17,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, MinMaxScaler, OneHotEncoder, StandardScaler
 
-from fheestimators import NeuralNetClassifier
+from fheestimators import NeuralNetClassifier, compile_torch_model
 from fheestimators.deployment import Client, PayloadError, RemoteModel, Server, fingerprint, save
 from fheestimators.deployment import container, preprocessing
 from fheestimators.deployment.artifacts import CLIENT_FILE, model_fingerprint
+from fheestimators.deployment.clientside import ClientModel
 
 
 def table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -176,3 +178,14 @@ def test_preprocessing_bytes_are_read_defensively():
         preprocessing.loads(skops.io.dumps(FunctionTransformer(np.log1p).fit([[1.0]])))
     with pytest.raises(PayloadError, match="not skops data"):
         preprocessing.loads(b"not a zip")
+
+
+def test_a_compiled_module_behind_a_scaler_gets_its_scaled_rows():
+    torch.manual_seed(0)
+    X = np.random.default_rng(0).normal(5, 3, (200, 3)).astype(np.float32)
+    scaler = StandardScaler().fit(X)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    module = compile_torch_model(net, scaler.transform(X).astype(np.float32), n_bits=3, p_error=1e-9)
+    client_model = ClientModel.from_bytes(ClientModel.from_model(make_pipeline(scaler, module)).to_bytes())
+    (quantized,) = client_model.quantize(X[:5])
+    np.testing.assert_array_equal(quantized, module.quantize_input(scaler.transform(X[:5]).astype(np.float32)))
