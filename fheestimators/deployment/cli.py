@@ -1,4 +1,5 @@
-"""``fheestimators serve MODEL_DIR``: the HTTP service for a saved model, on uvicorn.
+"""``fheestimators serve MODEL_DIR``: the HTTP service for a saved model, on uvicorn; and
+the client's commands ``predict``, ``keygen`` and ``info`` (``commands.py``).
 
 Also ``python -m fheestimators.deployment serve MODEL_DIR``. Options are handed to the
 worker processes through the environment variables ``service.app_from_environment``
@@ -41,7 +42,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return serve(args, args.subparser)
+    if args.command == "serve":
+        return serve(args, args.subparser)
+    return _client_command(args)
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    """``predict``, ``keygen`` or ``info``: any error is one line on stderr and a non-zero status."""
+    # here, not at the top: pandas, httpx and concrete-python, which serve's processes do not need
+    from . import commands
+
+    if args.command == "info":
+        return commands.run("info", lambda: commands.info(args.path, as_json=args.json))
+    if args.command == "keygen":
+        return commands.run("keygen", lambda: commands.keygen(
+            args.key_dir, model=args.model, fingerprint=args.fingerprint, url=args.url, token_file=args.token_file))
+    return commands.run("predict", lambda: commands.predict(
+        args.url, args.key_dir, args.data, proba=args.proba, out=args.out, model=args.model,
+        fingerprint=args.fingerprint, token_file=args.token_file, batch_size=args.batch_size))
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -106,8 +124,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fheestimators", description="Serve models that predict on encrypted data.")
+    parser = argparse.ArgumentParser(prog="fheestimators",
+                                     description="Serve models that predict on encrypted data, and use them.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve_parser = commands.add_parser(
         "serve", help="serve a saved model over HTTP", epilog=EPILOG,
@@ -136,4 +165,56 @@ def _parser() -> argparse.ArgumentParser:
                                    "(e.g. tcp://10.0.0.5:8786) instead of in the service's processes")
     serve_parser.add_argument("--ssl-keyfile", metavar="FILE", help="TLS private key (uvicorn's option)")
     serve_parser.add_argument("--ssl-certfile", metavar="FILE", help="TLS certificate (uvicorn's option)")
+    _add_client_commands(commands)
     return parser
+
+
+PIN_EPILOG = """\
+The model must be pinned the first time a --key-dir is used: --fingerprint FP, the
+model's fingerprint from its owner (fheestimators.deployment.fingerprint('model/') where
+it was saved), or --model PATH, its folder or client.zip; not anything the service says,
+for the client artefact sets the encryption parameters. The key folder keeps the secret
+key, the client artefact and the registration with the service: later runs with it need
+no pin and upload nothing. The API token for key uploads comes from --token-file or the
+FHEESTIMATORS_API_TOKEN environment variable, never the command line.
+"""
+
+
+def _add_client_commands(commands: "argparse._SubParsersAction") -> None:
+    """The parsers of predict, keygen and info (run by commands.py)."""
+    def pinning(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--key-dir", metavar="DIR", required=True,
+                         help="folder of the secret key (created if needed; keep it private)")
+        sub.add_argument("--fingerprint", metavar="FP", help="the model's fingerprint, from its owner")
+        sub.add_argument("--model", metavar="PATH", help="the model's folder written by save, or its client.zip")
+        sub.add_argument("--token-file", metavar="FILE", help="file holding the service's API token for key uploads")
+
+    predict = commands.add_parser(
+        "predict", help="predict the rows of a CSV file through a service, encrypted", epilog=PIN_EPILOG,
+        description="Encrypt the rows of a CSV file (header row: the column names) here, have the service at "
+                    "--url compute on them, decrypt the predictions here and write them as CSV.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("data", metavar="DATA.csv", help="the rows to predict ('-': standard input)")
+    predict.add_argument("--url", required=True, help="the service, e.g. https://models.example.com:8000")
+    pinning(predict)
+    predict.add_argument("--proba", action="store_true",
+                         help="a classifier's probabilities, one column per class, instead of labels")
+    predict.add_argument("--out", metavar="FILE", help="write the predictions there (default: standard output)")
+    predict.add_argument("--batch-size", metavar="N", type=_positive_int,
+                         help="rows per request (default: the most the service takes in one job)")
+
+    keygen = commands.add_parser(
+        "keygen", help="generate a client's keys, and upload them with --url", epilog=PIN_EPILOG,
+        description="Generate the keys for a model in --key-dir (seconds to minutes, once); with --url also "
+                    "upload the evaluation keys to that service, which a later predict with the same "
+                    "--key-dir reuses. Give --model, or --url with --fingerprint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    keygen.add_argument("--url", help="the service to upload the evaluation keys to")
+    pinning(keygen)
+
+    info = commands.add_parser(
+        "info", help="what a saved model takes and costs",
+        description="Describe the model saved in PATH from its client artefact: inputs, classes, key and "
+                    "ciphertext sizes, predicted time per encrypted sample. Reads no key.")
+    info.add_argument("path", metavar="PATH", help="the folder written by save, or its client.zip")
+    info.add_argument("--json", action="store_true", help="print JSON instead of text")

@@ -204,6 +204,14 @@ class RemoteModel:
                 bar.update(job["done"] - bar.n)
         return self._checked(self._http.get(path + "/result", headers=self._auth())).content
 
+    def register(self) -> bool:
+        """Upload the evaluation keys now, unless this key folder is registered; whether it uploaded.
+
+        ``predict`` does it on first use; calling it ahead (``fheestimators keygen --url``)
+        moves the upload, ~100 MB for real models, out of the first prediction.
+        """
+        return self._register_once()
+
     def _register_once(self) -> bool:
         """Upload the evaluation keys unless registered; whether this call uploaded."""
         with self._lock:
