@@ -1,4 +1,4 @@
-"""``python -m fheestimators.deployment serve MODEL_DIR``: the same as ``fheestimators serve``."""
+"""``python -m fheestimators.deployment COMMAND``: the same as ``fheestimators COMMAND`` (serve, predict, keygen, info)."""
 import sys
 
 from .cli import main
