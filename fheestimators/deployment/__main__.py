@@ -1,4 +1,7 @@
-"""``python -m fheestimators.deployment COMMAND``: the same as ``fheestimators COMMAND`` (serve, predict, keygen, info)."""
+"""``python -m fheestimators.deployment COMMAND``: the same as ``fheestimators COMMAND``.
+
+COMMAND is serve, predict, keygen or info.
+"""
 import sys
 
 from .cli import main
