@@ -18,13 +18,12 @@ def test_main_job_prints_accuracy_and_latency(capsys):
     assert abs(results["disable_accuracy"] - results["simulate_accuracy"]) <= 0.03
     assert abs(results["fresh_disable_accuracy"] - results["fresh_simulate_accuracy"]) <= 0.03
     assert results["execute_latency_s"] > 0 and results["keygen_s"] > 0
-    # the circuit bootstraps once per table lookup of the printed report (dead lookups
-    # removed, approximate rounding adds none), and each lookup reads an 8-bit table: the
-    # default rounding on 2-feature data
+    # the circuit bootstraps once per table lookup of the printed report: on 2-feature data
+    # the default learns 8 bins per feature, and the network is one 6-bit lookup per class
     lookups = [line.split() for line in printed.splitlines() if " lookup: " in line]
     assert lookups, printed
-    assert results["programmable_bootstraps"] == sum(int(row[-2]) for row in lookups)
-    assert all(int(row[-3]) == 8 for row in lookups), lookups
+    assert results["programmable_bootstraps"] == sum(int(row[-2]) for row in lookups) == 2
+    assert all(int(row[-3]) == 6 for row in lookups), lookups
     # below 0.5 only if FHE's noise flips both samples: simulated with 400 seeds, samples
     # 0 and 1 of the trained network never flip (1.1% of the 500 test points do on
     # average, so that both of two points flip has probability about 5e-6)

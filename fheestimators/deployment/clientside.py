@@ -50,6 +50,11 @@ class ClientModel:
         """The clear ends of an estimator, a ``QuantizedModule``, or a ``Pipeline`` ending with either."""
         leading, final = preprocessing.split(model)
         module = _quantized_module(final)
+        binning = getattr(final, "input_binning_", None)
+        if binning is not None:  # the estimator's learned input bins run on the client too
+            from sklearn.pipeline import Pipeline
+
+            leading = binning if leading is None else Pipeline([("preprocessing", leading), ("input_bins", binning)])
         kind = "module"
         classes, y_is_1d = None, False
         if hasattr(final, "quantized_module_"):
@@ -74,6 +79,9 @@ class ClientModel:
         if self.feature_names is not None:
             X = preprocessing.checked_frame(X, self.feature_names)
         if self.preprocessing is not None:
+            expected = getattr(self.preprocessing, "n_features_in_", None)
+            if expected is not None and np.ndim(X) == 2 and np.shape(X)[1] != expected:
+                raise ValueError(f"input 0 has shape {np.shape(X)}; expected (n_samples, {expected})")
             X = self.preprocessing.transform(X)
             X = X.toarray() if hasattr(X, "toarray") else X  # a one-hot encoder's sparse output
         elif hasattr(X, "columns"):

@@ -11,6 +11,7 @@ one small bootstrap per output element instead of one per neuron.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -25,6 +26,11 @@ from .steps import AddSub, MatMul, Index, Reshape, Shift, Step, TableLookup, bit
 MAX_TABULATED_COMBINATIONS = 2**6
 # names of the tabulated program's steps (the layer reports show it)
 PREFIX = "tabulated"
+# the bits a table's entries keep (None: all, exact). A lookup's output is as wide as its
+# widest entry, and concrete-python sizes the bootstrap for it: 12-bit logits needed
+# polynomials of 4096 or more (design notes), though a classifier reads only their argmax
+# and softmax. Set by ``narrowed_outputs`` for those who can afford it.
+TABLE_OUTPUT_BITS: Optional[int] = None
 
 
 @contextmanager
@@ -36,6 +42,20 @@ def tabulation_limit(limit: int) -> Iterator[None]:
         yield
     finally:
         MAX_TABULATED_COMBINATIONS = saved
+
+
+@contextmanager
+def narrowed_outputs(bits: Optional[int]) -> Iterator[None]:
+    """Within this block, tabulated outputs keep ``bits`` bits (``2**bits`` levels over their range).
+
+    Not exact any more: each output is read to half a level of its range.
+    """
+    global TABLE_OUTPUT_BITS
+    saved, TABLE_OUTPUT_BITS = TABLE_OUTPUT_BITS, bits
+    try:
+        yield
+    finally:
+        TABLE_OUTPUT_BITS = saved
 
 
 def input_domains(quantizers: Sequence[UniformQuantizer],
@@ -102,6 +122,7 @@ def tabulate(program: IntegerProgram, domains: Sequence[tuple[int, int]], limit:
     combinations = all_inputs(program, domains)
     results = program.run(*combinations)
     results = results if isinstance(results, tuple) else (results,)
+    results = tuple(_narrowed(program, k, np.asarray(r, dtype=np.int64)) for k, r in enumerate(results))
     sizes = [int(np.prod(r.shape[1:], dtype=np.int64)) for r in results]
     table = np.concatenate([np.asarray(r, dtype=np.int64).reshape(len(r), -1) for r in results], axis=1)
     n_rows, width = table.shape
@@ -153,6 +174,24 @@ def tabulate(program: IntegerProgram, domains: Sequence[tuple[int, int]], limit:
     program.steps = steps
     program.input_domains = domains
     return True
+
+
+def _narrowed(program: IntegerProgram, k: int, result: np.ndarray) -> np.ndarray:
+    """Output ``k``'s table entries on ``TABLE_OUTPUT_BITS`` bits (if set), its dequantization rescaled.
+
+    An entry ``v`` becomes ``round((v - low) / step)``, which dequantizes to within half a
+    step of ``v``: the outputs keep 2^TABLE_OUTPUT_BITS levels over their range.
+    """
+    if TABLE_OUTPUT_BITS is None:
+        return result
+    low, high = int(result.min()), int(result.max())
+    levels = (1 << TABLE_OUTPUT_BITS) - 1
+    if high - low <= levels:
+        return result
+    step = (high - low) / levels
+    out = program.outputs[k]
+    program.outputs[k] = replace(out, scale=out.scale * step, offset=out.scale * low + out.offset)
+    return np.rint((result - low) / step).astype(np.int64)
 
 
 def clip_to_domains(q: Sequence[np.ndarray], domains: Optional[Sequence[tuple[int, int]]]) -> tuple:

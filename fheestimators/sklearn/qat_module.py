@@ -5,6 +5,7 @@ from numbers import Integral
 from typing import Sequence, Type, Union
 
 import brevitas.nn as qnn
+from brevitas.core.scaling import ScalingImplType
 from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 import torch
 from torch import nn
@@ -91,6 +92,10 @@ class QATMLP(nn.Module):
         Most non-zero weights per neuron, enforced by pruning during training.
     n_accum_bits : int or None
         Target accumulator bit-width; derives ``max_non_zero`` when that is None.
+    input_scale : float or None
+        A fixed scale of the input quantizer instead of one learnt from the data: the
+        estimators' learned bins give integer inputs (bin indices), which a scale of 1
+        keeps exact and distinct however training goes.
     """
 
     def __init__(
@@ -106,6 +111,7 @@ class QATMLP(nn.Module):
         n_output_w_bits: int | None = 3,
         max_non_zero: int | None = None,
         n_accum_bits: int | None = None,
+        input_scale: float | None = None,
     ):
         super().__init__()
         if max_non_zero is None and n_accum_bits is not None:
@@ -114,7 +120,9 @@ class QATMLP(nn.Module):
             max_non_zero = max_non_zero_for(n_accum_bits, n_w_bits, n_a_bits)
         self.max_non_zero = max_non_zero
         widths = layer_widths(n_inputs, n_outputs, n_layers, n_hidden)
-        layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=n_input_bits, return_quant_tensor=True)]
+        fixed = {} if input_scale is None else {  # brevitas' threshold: the scale times 2^(bits - 1)
+            "scaling_impl_type": ScalingImplType.CONST, "scaling_init": float(input_scale) * 2 ** (n_input_bits - 1)}
+        layers: list[nn.Module] = [qnn.QuantIdentity(bit_width=n_input_bits, return_quant_tensor=True, **fixed)]
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             bits = n_output_w_bits if last and n_output_w_bits is not None else n_w_bits

@@ -1,0 +1,51 @@
+"""Run one benchmark on two versions of the code in the same session: a git ref ("before") and this tree ("after").
+
+Ratios measured in the same run hold across machines; absolute seconds on a shared
+2-core machine do not. ``compare(script, argv, before)`` checks ``before`` out in a
+temporary git worktree, runs ``script --one-version`` once with each version first on
+``PYTHONPATH`` (ahead of the editable install), and returns both JSON results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from _measure import log
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def run_version(script: str, argv: Sequence[str], source: Path, label: str) -> dict:
+    """``script --one-version argv`` with ``source``'s fheestimators imported; its JSON stdout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(source), os.environ.get("PYTHONPATH", "")])}
+    log(f"{label}: {Path(script).name} on {source}")
+    done = subprocess.run([sys.executable, script, "--one-version", *argv], env=env, stdout=subprocess.PIPE,
+                          check=True, text=True)
+    return json.loads(done.stdout)
+
+
+def compare(script: str, argv: Sequence[str], before: str) -> dict:
+    """``{"before": {...}, "after": {...}}``: the benchmark on git ref ``before`` and on this tree."""
+    commit = git("rev-parse", "--verify", f"{before}^{{commit}}")
+    with tempfile.TemporaryDirectory(prefix="fheestimators-before-") as tmp:
+        worktree = Path(tmp) / "before"
+        git("worktree", "add", "--detach", str(worktree), commit)
+        try:
+            results = {"before": run_version(script, argv, worktree, "before"),
+                       "after": run_version(script, argv, ROOT, "after")}
+        finally:
+            git("worktree", "remove", "--force", str(worktree))
+    after = git("rev-parse", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no"):
+        after += " + uncommitted changes"
+    results["versions"] = {"before": commit, "after": after}
+    return results
