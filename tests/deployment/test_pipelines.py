@@ -189,3 +189,15 @@ def test_a_compiled_module_behind_a_scaler_gets_its_scaled_rows():
     client_model = ClientModel.from_bytes(ClientModel.from_model(make_pipeline(scaler, module)).to_bytes())
     (quantized,) = client_model.quantize(X[:5])
     np.testing.assert_array_equal(quantized, module.quantize_input(scaler.transform(X[:5]).astype(np.float32)))
+
+
+def test_the_classifier_s_learned_bins_run_on_the_client(tmp_path):
+    X, y = two_feature_data()
+    # 3-bit inputs: 4 bins each; p_error 1e-6 (10 lookups here: a mistake has probability below 1e-5)
+    model = NeuralNetClassifier(**{**SMALL, "input_bins": "auto", "p_error": 1e-6}).fit(X, y)
+    client = Client(save(model, tmp_path))
+    assert preprocessing.describe(client.model.preprocessing) == ["KBinsDiscretizer"]
+    rows = np.vstack([two_feature_data(4, seed=3)[0], [[-5.0, 5.0]]])
+    result = Server(tmp_path).run(client.encrypt(rows), client.evaluation_keys())
+    assert client.decrypt(result).tolist() == model.predict(rows).tolist()
+    np.testing.assert_allclose(client.decrypt_proba(result), model.predict_proba(rows), rtol=1e-6)
