@@ -30,6 +30,7 @@ from .artifacts import CLIENT_FILE, PathLike, _write_atomically, fingerprint, re
 from .client import Client
 from .clientside import ClientModel
 from .container import PayloadError
+from .preprocessing import describe
 from .remote import CLIENT_CACHE, RemoteError, RemoteModel
 from .service.limits import ENV_API_TOKEN
 
@@ -160,7 +161,7 @@ def model_inputs(frame: pd.DataFrame, client_model: ClientModel, data: str) -> U
         raise CommandError(f"the model takes {client_model.n_inputs} inputs; a CSV file gives one: "
                            "use RemoteModel from Python", USAGE)
     names = feature_names(client_model)
-    preprocessed = getattr(client_model, "preprocessing", None) is not None
+    preprocessed = client_model.preprocessing is not None
     if names is not None:
         missing = [name for name in names if name not in frame.columns]
         if missing:
@@ -279,7 +280,7 @@ def describe_model(path: PathLike) -> dict:
     client = Client(read_artifact(path, CLIENT_FILE).read_bytes())
     model, header = client.model, client.header
     shapes = [[int(n) for n in shape] for shape in model.sample_shapes]
-    steps = getattr(model, "preprocessing", None)
+    steps = model.preprocessing
     input_bytes = [int(n) for n in header.get("input_bytes", [])]
     description: dict[str, Any] = {
         "path": os.fspath(path),
@@ -289,7 +290,7 @@ def describe_model(path: PathLike) -> dict:
         "n_features": n_features(model),
         "feature_names": feature_names(model),
         "classes": None if model.classes is None else np.asarray(model.classes).tolist(),
-        "preprocessing": None if steps is None else _step_names(steps),
+        "preprocessing": None if steps is None else describe(steps),
         "input_shapes": shapes,
         "evaluation_keys_bytes": header.get("evaluation_keys_bytes"),
         "input_bytes": input_bytes,
@@ -348,20 +349,11 @@ def _size(n: Optional[int]) -> str:
     return f"{n / 2**20:.1f} MiB ({n} bytes)" if n >= 2**20 else f"{n / 2**10:.1f} KiB ({n} bytes)"
 
 
-def _step_names(steps: Any) -> list[str]:
-    """The preprocessing's steps by type, containers first (``Pipeline``, then what it holds)."""
-    try:
-        from .preprocessing import describe
-    except ImportError:  # a version without preprocessing never sets it: this is for safety only
-        return [type(steps).__name__]
-    return describe(steps)
-
-
 # ---------------------------------------------------------------- shared
 
 def feature_names(client_model: ClientModel) -> Optional[list[str]]:
     """The names of the model's input columns, if it recorded them (models fitted on a table)."""
-    names = getattr(client_model, "feature_names", None)
+    names = client_model.feature_names
     return None if names is None else [str(name) for name in names]
 
 
@@ -370,7 +362,7 @@ def n_features(client_model: ClientModel) -> Optional[int]:
     names = feature_names(client_model)
     if names is not None:
         return len(names)
-    steps = getattr(client_model, "preprocessing", None)
+    steps = client_model.preprocessing
     if steps is not None:
         count = getattr(steps, "n_features_in_", None)
         return int(count) if count is not None else None

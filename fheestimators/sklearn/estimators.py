@@ -210,12 +210,12 @@ class FheMixin(EarlyStoppingMixin):
 
     def _train(self, X, y, restart: bool, classes=None, **fit_params):
         restart = restart or not (self.initialized_ and hasattr(self, "n_features_in_"))
-        settings = self._compile_settings()  # checked before training, not after
         X, y = self._training_data(X, y, reset=restart, classes=classes)
         self._record_data_range(X, reset=restart)
         if restart:
             self.input_binning_ = self._fit_input_binning(X, y)
-            settings = self._compile_settings()  # the bins set the default p_error
+        # checked before training, not after; once the bins are known, since they set the default p_error
+        settings = self._compile_settings()
         X = self._binned(X)
         self._resolve_early_stopping(len(X), fresh=restart)
         with self._torch_seed(), _one_torch_thread():

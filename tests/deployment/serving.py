@@ -25,6 +25,18 @@ class Service:
         self.command = [*SERVE, str(folder), "--port", str(self.port), "--key-store", str(key_store)]
         self.process = None
 
+    @classmethod
+    def in_tmp(cls, folder: Path, tmp_path_factory, name: str) -> "Service":
+        """A service of ``folder`` whose key store and log are in fresh temporary folders."""
+        log = tmp_path_factory.mktemp(f"{name}_log") / "service.log"
+        return cls(folder, tmp_path_factory.mktemp(f"{name}_store"), log)
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def start(self, *options: str) -> "Service":
         env = {k: v for k, v in os.environ.items() if not k.startswith("FHEESTIMATORS_")}
         with open(self.log, "ab") as log:

@@ -24,7 +24,6 @@ import pytest
 from fheestimators.deployment import Client, RemoteModel, cli, container
 from fheestimators.deployment import fingerprint as fingerprint_of
 from fheestimators.deployment.artifacts import model_fingerprint
-from fheestimators.deployment.clientside import ClientModel
 
 from serving import Service, free_port, metric
 
@@ -34,11 +33,8 @@ from serving import Service, free_port, metric
 @pytest.fixture(scope="module")
 def service(saved_classifier, tmp_path_factory):
     """Started here, waited for in ``url``: it boots while the template keys are generated."""
-    service = Service(saved_classifier, tmp_path_factory.mktemp("cli_store"),
-                      tmp_path_factory.mktemp("log") / "service.log")
-    service.start("--workers", "1")
-    yield service
-    service.stop()
+    with Service.in_tmp(saved_classifier, tmp_path_factory, "cli").start("--workers", "1") as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -320,13 +316,9 @@ def test_info_tells_features_sizes_and_cost(capsys, saved_classifier, pin):
     assert description["n_features"] == 2 and description["classes"] == ["above", "below"]
     assert description["evaluation_keys_bytes"] == header["evaluation_keys_bytes"]
     assert description["input_bytes"] == header["input_bytes"]
-    steps = getattr(Client(saved_classifier).model, "preprocessing", None)
-    assert (description["preprocessing"] is None) == (steps is None)
-    if "circuit_work" in header:
-        assert description["seconds_per_sample"] > 0 and description["keygen_seconds"] > 0
-        assert description["cost_model"] == "default"  # the tests run with no calibration file
-    else:
-        assert description["cost_note"] == "unknown (saved by an older version)"
+    assert (description["preprocessing"] is None) == (Client(saved_classifier).model.preprocessing is None)
+    assert description["seconds_per_sample"] > 0 and description["keygen_seconds"] > 0
+    assert description["cost_model"] == "default"  # the tests run with no calibration file
 
 
 def test_info_of_an_artefact_without_circuit_work(capsys, saved_classifier, tmp_path):
@@ -358,8 +350,6 @@ def table_model(saved_classifier, tmp_path_factory) -> Path:
     Made by rewriting the artefact (``_repacked``): a pipeline of this size takes seconds
     to fit and compile, and only its clear ends matter here.
     """
-    if "feature_names" not in getattr(ClientModel, "__dataclass_fields__", {}):
-        pytest.skip("this version records no feature names")
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 

@@ -33,11 +33,8 @@ MEMORY_MB = 64  # the most any single attack may add to the service's peak memor
 
 @pytest.fixture(scope="module")
 def service(saved_classifier, tmp_path_factory):
-    service = Service(saved_classifier, tmp_path_factory.mktemp("hostile_store"),
-                      tmp_path_factory.mktemp("log") / "service.log")
-    service.start(*LIMITS).wait_ready()
-    yield service
-    service.stop()
+    with Service.in_tmp(saved_classifier, tmp_path_factory, "hostile").start(*LIMITS).wait_ready() as service:
+        yield service
     print(service.log.read_text(errors="replace")[-20000:])  # shown by pytest when a test failed
 
 

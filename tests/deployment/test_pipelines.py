@@ -97,10 +97,8 @@ def test_the_columns_are_checked_by_name(client, test_rows):
 
 @pytest.fixture(scope="module")
 def service(folder, tmp_path_factory):
-    service = Service(folder, tmp_path_factory.mktemp("key-store"), tmp_path_factory.mktemp("log") / "service.log")
-    service.start("--workers", "1")
-    yield service.wait_ready()
-    service.stop()
+    with Service.in_tmp(folder, tmp_path_factory, "pipeline").start("--workers", "1").wait_ready() as service:
+        yield service
 
 
 def test_a_remote_model_gives_what_the_pipeline_gives(pipeline, folder, client, service, test_rows):

@@ -58,10 +58,9 @@ def key_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(saved_classifier, key_store, tmp_path_factory):
     """Started here, waited for in ``url``: it boots while the client keys are generated."""
-    service = Service(saved_classifier, key_store, tmp_path_factory.mktemp("log") / "service.log")
-    service.start("--workers", "2")
-    yield service
-    service.stop()
+    with Service(saved_classifier, key_store, tmp_path_factory.mktemp("log") / "service.log").start("--workers", "2") \
+            as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
