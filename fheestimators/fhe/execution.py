@@ -83,13 +83,17 @@ class LookupNoise:
 
         Each lookup has a tag of its own (``step.tag``); within it, exact rounding adds
         bootstraps of its own on the wider accumulator, so only the table read counts.
+        A rounded value wraps at the width it was traced (or hinted) with, even when
+        concrete-python carries it on more bits: it scales it up to the wider type first.
         """
         bit_widths: dict[str, int] = {}
         for node in circuit.graph.query_nodes(custom_filter=lambda n: n.converted_to_table_lookup):
             if node.properties.get("name") == "round_bit_pattern":
                 continue
             preds = circuit.graph.ordered_preds_of(node)
-            width = max((p.output.dtype.bit_width for p in preds if p.output.is_encrypted), default=None)
+            width = max((p.properties.get("original_bit_width", p.output.dtype.bit_width)
+                         if p.properties.get("name") == "round_bit_pattern" else p.output.dtype.bit_width
+                         for p in preds if p.output.is_encrypted), default=None)
             if width is not None:
                 bit_widths[node.tag] = max(bit_widths.get(node.tag, 0), width)
         return cls(circuit.p_error, bit_widths, seed)

@@ -12,6 +12,7 @@ from ..fhe.compiler import compile_function, default_configuration
 from ..fhe.cost import CostModel, FheCost, estimate_cost
 from ..fhe.execution import LookupNoise, run_encrypted
 from ..fhe.modes import FheMode
+from .bounds import sign_values
 from .inputset import select_inputset
 from .program import IntegerProgram
 from .rounding import exact_fallback
@@ -43,10 +44,13 @@ class QuantizedModule:
         #: (bits, pruning, rounding) advice for too wide a layer, in the terms of the function
         #: that built the module (compile_torch_model's n_bits, an estimator's module__n_w_bits)
         self.overflow_hint: Optional[tuple[str, str, str]] = None
-        #: per input, the lowest and highest integer the circuit was built (then compiled)
-        #: for; quantized inputs are clipped to them in every mode
+        #: per input, the lowest and highest integer of the type the circuit was compiled for
+        #: (what a client can encrypt); quantized inputs are clipped to them in every mode, and
+        #: each element to its own range within them, ``program.input_box``, which every value
+        #: of the circuit is sized for
         self.input_ranges: Optional[list[tuple[int, int]]] = (
-            _input_ranges(calibration_q, program.input_domains) if calibration_q is not None else None)
+            _box_types(program.input_box, program.input_domains) if program.input_box is not None
+            else _input_ranges(calibration_q, program.input_domains) if calibration_q is not None else None)
 
     # -- inputs and outputs ----------------------------------------------------
     @property
@@ -77,9 +81,12 @@ class QuantizedModule:
     def quantize_input(self, *x):
         """Float inputs to the integers the circuit takes.
 
-        Values are clipped to the range of the integer type the circuit was compiled for
-        (the smallest holding the inputset's values), so that any finite input runs in
-        every mode, and the clear, simulated and encrypted runs see the same integers.
+        Values are clipped to the clip box the circuit was built for: each feature of a
+        table (samples that are vectors) to its range on the inputset, each element of an
+        image or a sequence to the range of the integer type holding the inputset's values
+        (``bounds.clip_box``). Any finite input then runs in every mode, no value of the
+        circuit can leave the range it was compiled for, and the clear, simulated and
+        encrypted runs see the same integers and compute the same outputs.
         """
         q = self._clip(self._quantize(self._check_float_inputs(x)))
         return q if len(q) > 1 else q[0]
@@ -88,6 +95,8 @@ class QuantizedModule:
         return tuple(quantizer.quantize(a) for quantizer, a in zip(self.program.input_quantizers, arrays))
 
     def _clip(self, q: Sequence[np.ndarray]) -> tuple[np.ndarray, ...]:
+        if self.program.input_box is not None:  # each element to its own range
+            return tuple(np.clip(x, low, high) for x, (low, high) in zip(q, self.program.input_box))
         if self.input_ranges is None:
             return tuple(q)
         return tuple(np.clip(x, low, high) for x, (low, high) in zip(q, self.input_ranges))
@@ -166,7 +175,17 @@ class QuantizedModule:
         if self.program.input_domains is not None:
             # a tabulated program: every input it accepts, so that every table entry is in the bounds
             q = all_inputs(self.program, self.program.input_domains)
+        box = self.program.input_box
+        if box is not None:
+            # the box the program was sized for is what the module clips to; the inputset
+            # must give every input the integer type that holds all of it: its ends, if needed
+            q = tuple(np.clip(x, low, high) for x, (low, high) in zip(q, box))
+            if _input_ranges(q) != _box_types(box):  # (a tabulated program's inputs are all there)
+                q = tuple(np.concatenate([x, low[None].astype(x.dtype), high[None].astype(x.dtype)])
+                          for x, (low, high) in zip(q, box))
         selected = select_inputset(self.program, q)  # the same bounds, at a cost that does not grow
+        if box is not None:
+            sign_values(self.program, selected)
         inputset = [tuple(x[i : i + 1] for x in selected) for i in range(selected[0].shape[0])]
 
         def compile_program():
@@ -195,7 +214,8 @@ class QuantizedModule:
                 RuntimeWarning, stacklevel=2,
             )
             self.fhe_circuit = compile_program()
-        self.input_ranges = _input_ranges(q, self.program.input_domains)
+        self.input_ranges = (_box_types(box, self.program.input_domains) if box is not None
+                             else _input_ranges(q, self.program.input_domains))
         self._noise = None
         # what compile_for_deployment needs to build the same circuit with compressed keys
         self._compile_inputs = (inputset, configuration, dict(
@@ -249,13 +269,14 @@ class QuantizedModule:
                     f"(accumulator range {report.accumulator_range}); the limit is "
                     f"{MAX_TLU_BIT_WIDTH} bits: {rounding}, {bits}, or {pruning}"
                 )
-        if self._calibration_q is None:
+        if self._calibration_q is None and not self.program.value_bounds:
             return
-        for step, width in self.program.step_bit_widths(*self._calibration_q):
+        for step, width in self._step_bit_widths():
             if width > MAX_ACCUMULATOR_BIT_WIDTH:
                 # rounding comes after the accumulator: only fewer bits or fewer terms shrink it
+                where = "over the inputs' clip ranges" if self.program.value_bounds else "on the inputset"
                 raise ValueError(
-                    f"layer {step.name!r} produces {width}-bit integers on the inputset; FHE "
+                    f"layer {step.name!r} produces {width}-bit integers {where}; FHE "
                     f"supports up to {MAX_ACCUMULATOR_BIT_WIDTH} bits: {bits}, or {pruning}"
                 )
 
@@ -266,10 +287,17 @@ class QuantizedModule:
         """Per layer: accumulator bit-width, table lookups, rounding."""
         return format_report(self.layer_reports(), self.fhe_circuit)
 
+    def _step_bit_widths(self) -> list:
+        """Each step's output width: over the input box the program was sized for, else on the calibration data."""
+        if self.program.value_bounds:
+            return self.program.step_bit_widths()
+        return self.program.step_bit_widths(*self._calibration_q) if self._calibration_q else []
+
     @property
     def max_bit_width(self) -> int:
-        """The widest encrypted integer on the calibration data (what FHE parameters must hold)."""
-        widths = [w for _, w in self.program.step_bit_widths(*self._calibration_q)] if self._calibration_q else []
+        """The widest encrypted integer over the inputs the module accepts (what FHE parameters must hold);
+        on the calibration data for a program not sized for its clip box."""
+        widths = [w for _, w in self._step_bit_widths()]
         return max(widths + [r.accumulator_bits for r in self.layer_reports()], default=0)
 
 
@@ -288,6 +316,15 @@ def _input_ranges(q: Sequence[np.ndarray], domains: Optional[Sequence[tuple[int,
     if domains is not None:
         ranges = [(max(low, d_low), min(high, d_high)) for (low, high), (d_low, d_high) in zip(ranges, domains)]
     return ranges
+
+
+def _box_types(box, domains: Optional[Sequence[tuple[int, int]]] = None) -> list[tuple[int, int]]:
+    """Per input, the range of the integer type holding every element's range in ``box``.
+
+    A tabulated program's box is its domains, already those of the tables; others are
+    the types concrete-python gives the inputs (``_input_ranges``).
+    """
+    return _input_ranges([np.stack([np.asarray(low), np.asarray(high)]) for low, high in box], domains)
 
 
 def _to_numpy(x) -> np.ndarray:

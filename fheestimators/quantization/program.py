@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +57,11 @@ class IntegerProgram:
     sample_shapes: list[tuple] = field(default_factory=list)
     #: per input, the only integers the steps are valid for (set by ``tabulate``), or None
     input_domains: Optional[list[tuple[int, int]]] = None
+    #: per input, the lowest and highest integer of each element (int64 arrays of the sample's
+    #: shape) that every value was sized for (``size_for_box``), or None
+    input_box: Optional[list[tuple[np.ndarray, np.ndarray]]] = None
+    #: per input and step output, the lowest and highest value over ``input_box``
+    value_bounds: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def table_lookups(self) -> list[TableLookup]:
@@ -69,7 +74,7 @@ class IntegerProgram:
         for step in self.steps:
             args = [values[name] for name in step.inputs]
             if backend == "fhe":
-                values[step.output] = _traced(step, args)
+                values[step.output] = _traced(step, args, self.value_bounds.get(step.output))
             elif round_lookup is not None and isinstance(step, TableLookup):
                 values[step.output] = step.read(round_lookup(step, step.spread(np.asarray(args[0], dtype=np.int64))))
             else:
@@ -93,15 +98,45 @@ class IntegerProgram:
             step.input_bounds = (int(rounded.min()), int(rounded.max()))
             step.output_bounds = (int(out.min()), int(out.max()))
 
+    def size_for_box(self, ranges: Sequence[tuple]) -> None:
+        """Record each value's range over every input within ``ranges``: per input, the lowest and
+        highest integer, two numbers or two arrays of the sample's shape (one range per element).
+
+        Each lookup's input, rounded and output ranges are those over the box, not over a
+        data set; compiling hints every value's range to concrete-python, so that no input
+        within the box can leave a range the circuit was built for (``bounds.py``).
+        """
+        from .bounds import box_bounds, rounded_bounds, span, spread_bounds
+
+        self.input_box = [(_element_ends(low, shape), _element_ends(high, shape))
+                          for (low, high), shape in zip(ranges, self.sample_shapes)]
+        intervals = box_bounds(self, self.input_box)
+        self.value_bounds = {name: span(interval) for name, interval in intervals.items()}
+        for step in self.table_lookups:
+            source = intervals[step.inputs[0]]
+            step.spread_bounds = span(spread_bounds(step, source))
+            step.input_bounds = span(rounded_bounds(step, source))
+            step.output_bounds = self.value_bounds[step.output]
+
     def step_bit_widths(self, *q_inputs) -> list[tuple[Step, int]]:
-        """Each step with the bit-width of its output on a data set."""
+        """Each step with the bit-width of its output on a data set, or over the input box when
+        the program was sized for one (``size_for_box``) and no data set is given."""
+        if not q_inputs and self.value_bounds:
+            return [(step, bit_width(*self.value_bounds[step.output])) for step in self.steps]
         values = self.values(*q_inputs)
         return [(step, bit_width(int(values[step.output].min()), int(values[step.output].max())))
                 for step in self.steps]
 
 
-def _traced(step: Step, args):
+def _element_ends(ends, shape) -> np.ndarray:
+    """One integer per element of a sample: ``ends`` (a number or an array) broadcast to ``shape``."""
+    return np.array(np.broadcast_to(np.asarray(ends, dtype=np.int64), tuple(shape)))
+
+
+def _traced(step: Step, args, value_range: Optional[tuple[int, int]] = None):
     from concrete import fhe
 
     with fhe.tag(step.tag if isinstance(step, TableLookup) else step.name):
-        return step.fhe(*args)
+        out = step.fhe(*args)
+        # the range over the input box, which the inputset's rows may not reach
+        return out if value_range is None else fhe.hint(out, can_store=np.array(value_range))

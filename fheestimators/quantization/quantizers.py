@@ -1,8 +1,8 @@
 """Uniform quantizers and the ``n_bits`` settings they are built from."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Union
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
@@ -69,12 +69,19 @@ class NBits:
 
 @dataclass(frozen=True)
 class UniformQuantizer:
-    """Affine quantizer: ``x ≈ scale * (q - zero_point)`` with ``q`` in ``[q_min, q_max]``."""
+    """Affine quantizer: ``x ≈ scale * (q - zero_point)`` with ``q`` in ``[q_min, q_max]``.
+
+    A model's input quantizer may also keep each element of a sample within its own
+    range, ``element_min`` to ``element_max`` (arrays of the sample's shape): the
+    module's clip box, which the client applies as it quantizes.
+    """
 
     scale: float
     zero_point: int
     q_min: int
     q_max: int
+    element_min: Optional[np.ndarray] = field(default=None, compare=False)
+    element_max: Optional[np.ndarray] = field(default=None, compare=False)
 
     @property
     def n_bits(self) -> int:
@@ -110,7 +117,10 @@ class UniformQuantizer:
 
     def quantize(self, values: np.ndarray) -> np.ndarray:
         q = np.rint(np.asarray(values, dtype=np.float64) / self.scale) + self.zero_point
-        return np.clip(q, self.q_min, self.q_max).astype(np.int64)
+        q = np.clip(q, self.q_min, self.q_max)
+        if self.element_min is not None:
+            q = np.clip(q, self.element_min, self.element_max)
+        return q.astype(np.int64)
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         return self.scale * (np.asarray(q, dtype=np.float64) - self.zero_point)

@@ -11,6 +11,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from . import bounds
 from .noise import noise_variances
 from .program import IntegerProgram
 from .quantizers import MAX_ACCUMULATOR_BIT_WIDTH
@@ -73,8 +74,18 @@ def _check_bits(n_bits) -> BitsLike:
     return int(n_bits)
 
 
-def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: RoundingLike) -> None:
+def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: RoundingLike,
+                   input_ranges: Optional[Sequence[tuple[int, int]]] = None) -> None:
     """Set ``lsbs_to_remove`` (with its gain and shift) on every lookup wider than the threshold.
+
+    Each lookup is sized for the values its accumulator can take: with ``input_ranges``
+    (per program input, the clip range of every element), for every input in that box
+    (``bounds.py``), so that no input the module accepts takes a lookup beyond its
+    range; without, for the values it takes on ``calibration``. Either way, every
+    rounded lookup's input is shifted to non-negative integers (free in FHE), so that
+    its integer type is unsigned whatever the inputset concrete-python traces shows; a
+    lookup read whole keeps its accumulator as it is (``bounds.sign_values`` shifts it
+    when compiling if the traced inputset would give it the wrong type).
 
     With ``n_bits="auto"``, lookups are visited in order and each gets the fewest bits
     (from ``AUTO_MIN_BITS`` to ``AUTO_MAX_BITS``) under which, after ``_align``'s gain and
@@ -83,10 +94,8 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     """
     parsed = parse_rounding(rounding)
     for step in program.table_lookups:
-        step.lsbs_to_remove, step.gain, step.shift = 0, None, None
-    if parsed is None:
-        return
-    per_lookup, method = parsed
+        step.lsbs_to_remove, step.gain, step.shift, step.offset = 0, None, None, None
+    per_lookup, method = parsed if parsed is not None else ((None,), "approximate")
     # the last entry serves the further lookups; entries past the last lookup are unused
     bits_of = {id(step): per_lookup[min(i, len(per_lookup) - 1)] for i, step in enumerate(program.table_lookups)}
     auto = "auto" in bits_of.values()
@@ -96,39 +105,103 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
             f"model's decisions, got {len(calibration[0])}: accumulators are kept whole",
             UserWarning, stacklevel=2,
         )
-        return
+        bits_of, auto = {key: None for key in bits_of}, False
     reference = _decisions(program, calibration) if auto else None
     # exact rounding spends extra bootstraps on the removed bits: there the gain's noise
     # mattered less than the bits 'auto' keeps without it (QATPrunedSimpleNet: capped gains
     # cost 15% more), so the cap is for approximate rounding only
-    variances = (noise_variances(program) if method == "approximate" else None) or {}
+    variances = (noise_variances(program) if parsed is not None and method == "approximate" else None) or {}
     values = dict(zip(program.input_names, calibration))
+    box = bounds.BoxBounds(program, input_ranges) if input_ranges is not None else None
+    intervals = box.intervals if box is not None else None
     for step in program.steps:
         args = [values[name] for name in step.inputs]
         if isinstance(step, TableLookup):
             step.exactness = method
-            _choose_precision(step, np.asarray(args[0], dtype=np.int64), bits_of[id(step)], program, calibration,
-                              reference, variances.get(step.inputs[0]))
+            x = np.asarray(args[0], dtype=np.int64)
+            interval = intervals[step.inputs[0]] if intervals is not None else (
+                x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True))
+            _choose_precision(step, x, bits_of[id(step)], program, calibration, reference,
+                              variances.get(step.inputs[0]), interval)
         values[step.output] = step.numpy(*args)
+        if box is not None:
+            box.add(step)
+
+
+def _rounded_width(span: int, n_bits: int) -> int:
+    """The fewest bits removed so that values over ``span`` (from 0) are read with ``n_bits``.
+
+    Rounding half up sends the top half-bin to the next bin: the values must end half a
+    bin below the top of the accumulator's ``n_bits + removed`` bits.
+    """
+    if span < 1 << n_bits:
+        return 0
+    removed = 1
+    while span > (1 << (n_bits + removed)) - 1 - (1 << (removed - 1)):
+        removed += 1
+    return removed
+
+
+def _removed_bits(interval: tuple, n_bits: int) -> int:
+    """How many bits rounding removes for the table to read ``n_bits`` of an accumulator over ``interval``.
+
+    Each element is spread from 0 (``_align``), so its values must fit the bits kept once
+    shifted (``_rounded_width``); and concrete-python carries the spread value on at least
+    as many bits as the accumulator the linear step writes, signed or not.
+    """
+    width = bit_width(int(np.min(interval[0])), int(np.max(interval[1])))
+    if width <= n_bits:
+        return 0
+    return max(_rounded_width(int(np.max(interval[1] - interval[0])), n_bits), width - n_bits)
+
+
+def _usable(width: int, removed: int, widest: int) -> tuple[int, int]:
+    """The lowest and highest value a rounded lookup's spread input may take on ``width`` bits.
+
+    Rounding half up sends a value from the top half-bin to the next bin, a bit wider:
+    the values end half a bin below the top. Within that, the table's first and last
+    entries stay free when the ``widest`` element's span leaves room: a bootstrap's
+    mistake reads the entry next to the right one, and from an end entry it would wrap
+    around to the other end of the table (a saturated activation's lowest value read as
+    its highest). Without that room, what there is is shared between both ends.
+    """
+    unit = 1 << removed
+    top = (1 << width) - 1 - unit // 2
+    room = max(top - widest, 0)
+    low_margin = unit // 2 if room >= unit + unit // 2 else room // 3
+    high_margin = unit if room >= unit + unit // 2 else room - room // 3
+    return low_margin, top - high_margin
 
 
 def _choose_precision(step: TableLookup, x: np.ndarray, n_bits, program: IntegerProgram, calibration: tuple,
-                      reference: Optional[list], variance: Optional[np.ndarray] = None) -> None:
-    """``n_bits`` for the lookup reading ``x``; for "auto", the fewest that keep ``reference``."""
-    width = bit_width(int(x.min()), int(x.max()))
-    if n_bits == "auto":
+                      reference: Optional[list], variance: Optional[np.ndarray] = None,
+                      interval: Optional[tuple] = None) -> None:
+    """``n_bits`` for the lookup reading ``x``; for "auto", the fewest that keep ``reference``.
+
+    ``interval`` (per element, the lowest and highest accumulator) is the range the
+    lookup is sized for; by default the range of ``x``.
+    """
+    if interval is None:
+        interval = (x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True))
+    interval = tuple(np.asarray(v, dtype=np.int64) for v in interval)
+    width = bit_width(int(np.min(interval[0])), int(np.max(interval[1])))
+    if n_bits is None:
+        targets = [width]
+    elif n_bits == "auto":
         targets = [*range(min(AUTO_MIN_BITS, width), min(width, AUTO_MAX_BITS)), min(width, AUTO_MAX_BITS)]
     else:
         targets = [n_bits]
     for target in targets:
-        step.lsbs_to_remove, step.gain, step.shift = max(width - target, 0), None, None
+        step.gain = step.shift = step.offset = None
+        step.lsbs_to_remove = _removed_bits(interval, target)
         if step.lsbs_to_remove:
-            _align_finest(step, x, width, variance)
+            _align_finest(step, x, target + step.lsbs_to_remove, variance, interval)
         if reference is None or _changed(program, calibration, reference) <= AUTO_TOLERANCE:
             return
 
 
-def _align_finest(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None) -> None:
+def _align_finest(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None,
+                  interval: Optional[tuple] = None) -> None:
     """``_align`` at the accumulator's width and up to ``FRACTIONAL_GAIN_BITS`` wider; keep the best.
 
     An integer gain fills an element's share of the range only to between a half and all
@@ -138,19 +211,21 @@ def _align_finest(step: TableLookup, x: np.ndarray, width: int, variance: Option
     calibration values read another table entry than unrounded. Approximate rounding
     only: exact rounding pays a bootstrap for every bit it removes.
     """
+    if interval is None:
+        interval = (x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True))
     removed = step.lsbs_to_remove
     extras = FRACTIONAL_GAIN_BITS if step.exactness == "approximate" else 0
     extras = max(min(extras, MAX_ACCUMULATOR_BIT_WIDTH - width), 0)
     exact = step.function(x)
     best = None
     for extra in range(extras + 1):
-        step.lsbs_to_remove, step.gain, step.shift = removed + extra, None, None
+        step.lsbs_to_remove, step.gain, step.shift, step.offset = removed + extra, None, None, None
         # the bins are 2**extra times wider: so may the noise be, for the same share of a bin
-        _align(step, x, width + extra, variance, headroom=NOISE_HEADROOM * 4**extra)
+        _align(step, x, width + extra, variance, headroom=NOISE_HEADROOM * 4**extra, interval=interval)
         errors = int(np.sum(step.numpy(x) != exact))
         if best is None or errors < best[0]:
-            best = (errors, step.lsbs_to_remove, step.gain, step.shift)
-    _, step.lsbs_to_remove, step.gain, step.shift = best
+            best = (errors, step.lsbs_to_remove, step.gain, step.shift, step.offset)
+    _, step.lsbs_to_remove, step.gain, step.shift, step.offset = best
 
 
 def _decisions(program: IntegerProgram, calibration: tuple) -> list[np.ndarray]:
@@ -189,21 +264,27 @@ MAX_SHIFT_CANDIDATES = 64
 
 
 def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.ndarray] = None,
-           headroom: Optional[float] = None) -> None:
+           headroom: Optional[float] = None, interval: Optional[tuple] = None) -> None:
     """Spread and shift each element of a rounded accumulator so rounding loses the least.
 
     Rounding keeps a fixed number of the accumulator tensor's most significant bits, so
     an element whose values span a small part of the tensor's range (small weights) is
     left with few distinct levels. Multiplying it by an integer ``gain`` (free in FHE)
-    spreads it over the range the bit-width already allows. Rounding also maps a whole
-    bin of values to one table entry, so a step of the table (a ReLU's kink, a
-    quantizer's threshold) inside a bin moves to the bin's edge; adding a per-element
-    ``shift`` before rounding (free too) moves the bins instead. The shift kept is the
-    one under which the rounded lookup differs from the exact one on the fewest samples
-    of ``x``. The table reads ``function((rounded - shift) / gain)``, so nothing else
-    changes. Neither ever widens the rounded value beyond the bit-width: a value within
-    half a bin of the top would round up past it (concrete-python then adds a bit, and
-    per-element tables fall back to exact rounding), so shifts that get there are refused.
+    spreads it over the range the bit-width already allows. Each element is also shifted
+    (free too) so that its range starts at the bottom of that range (``_usable``): the
+    integers are unsigned, whatever signs the rows concrete-python traces show. Rounding
+    maps a whole bin of values to one table entry, so a step of the table (a ReLU's kink,
+    a quantizer's threshold) inside a bin moves to the bin's edge; the shift's remainder
+    within a bin (its phase) moves the bins instead. The phase kept is the one under
+    which the rounded lookup differs from the exact one on the fewest samples of ``x``.
+    The table reads ``function((rounded - shift) / gain)``, so nothing else changes.
+
+    ``interval`` (per element, the lowest and highest accumulator the lookup must
+    read; by default the range of ``x``) always fits ``width`` bits, rounded: rounding
+    half up never takes a value a bit wider (concrete-python would add a bit, and
+    per-element tables fall back to exact rounding), and where there is room, the
+    table's end entries stay free, so that a bootstrap reading the next entry does not
+    wrap around (``_usable``). Phases that would pass it are refused.
 
     The gain multiplies the element's encryption noise too. Given the noise ``variance``
     of each element (``noise.noise_variances``; ``apply_rounding`` gives it for approximate
@@ -213,42 +294,49 @@ def _align(step: TableLookup, x: np.ndarray, width: int, variance: Optional[np.n
     demo's network took a gain of 22 and made every bootstrap of the circuit 30% dearer.)
     """
     headroom = NOISE_HEADROOM if headroom is None else headroom
+    if interval is None:
+        interval = (x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True))
     unit = 1 << step.lsbs_to_remove
-    lowest, highest = (-(1 << (width - 1)), (1 << (width - 1)) - 1) if x.min() < 0 else (0, (1 << width) - 1)
     exact = step.function(x)
-    per_low, per_high = x.min(axis=0, keepdims=True), x.max(axis=0, keepdims=True)
-    # the largest integer gain that keeps the element in range, with room for a shift
-    room_high = np.where(per_high > 0, (highest - unit // 2) / np.maximum(per_high, 1), np.inf)
-    room_low = np.where(per_low < 0, (lowest + unit // 2) / np.minimum(per_low, -1), np.inf)
-    gain = np.clip(np.floor(np.minimum(room_high, room_low)), 1, unit)
-    if variance is not None and variance.shape[1:] == per_low.shape[1:] and variance.max() > 0:
-        quiet = np.sqrt(headroom * variance.max() / np.maximum(variance, 1e-12))
-        gain = np.minimum(gain, np.maximum(np.floor(quiet), 1))
+    low, high = (np.asarray(v, dtype=np.int64) for v in interval)
+    span = high - low
+    bottom, top = _usable(width, step.lsbs_to_remove, int(span.max()))
+    # the largest integer gain that keeps the element in range
+    gain = np.clip(np.floor((top - bottom) / np.maximum(span, 1)), 1, unit)
+    if variance is not None and variance.shape[1:] == low.shape[1:] and variance.max() > 0:
+        quiet = np.maximum(np.floor(np.sqrt(headroom * variance.max() / np.maximum(variance, 1e-12))), 1)
+        # the gains the range would allow starting from 0 (half of it each side when the values
+        # can be negative, as signed integers): none above the largest of them, since
+        # concrete-python sizes the keys for the tensor's largest gain (checkerboard: 3 key
+        # levels instead of 2 otherwise)
+        half = top - bottom if low.min() >= 0 else (top - bottom) // 2
+        centred = np.floor(np.minimum(np.where(high > 0, half / np.maximum(high, 1), np.inf),
+                                      np.where(low < 0, half / np.maximum(-low, 1), np.inf)))
+        centred = np.minimum(np.clip(centred, 1, unit), quiet)
+        gain = np.minimum(np.minimum(gain, quiet), centred.max())
     gain = gain.astype(np.int64)
     step.gain = gain if np.any(gain > 1) else None
-    spread_low, spread_high = per_low * gain, per_high * gain
+    base = bottom - gain * low  # the element's lowest value lands on the lowest usable value
+    room = top - bottom - gain * span  # how far beyond it it may go
 
-    candidates = np.arange(-(unit // 2), unit // 2 + 1)
-    if candidates.size > MAX_SHIFT_CANDIDATES:
-        candidates = np.unique(np.linspace(-(unit // 2), unit // 2, MAX_SHIFT_CANDIDATES).round().astype(np.int64))
-    candidates = sorted(candidates, key=abs)  # ties keep the smallest shift
-    best_errors = np.full(per_low.shape, np.iinfo(np.int64).max)
-    best = np.zeros(per_low.shape, dtype=np.int64)
-    # round-half-up sends values above ``highest - unit / 2`` to ``highest + 1``: one bit more
-    top = highest - unit // 2
-
-    def fits(shift):
-        return (spread_low + shift >= lowest) & (spread_high + shift <= top)
-
-    for shift in candidates:
-        step.shift = shift  # the same shift for every element: each keeps its best
+    phases = np.arange(unit)
+    if phases.size > MAX_SHIFT_CANDIDATES:
+        phases = np.unique(np.linspace(0, unit - 1, MAX_SHIFT_CANDIDATES).round().astype(np.int64))
+    best_errors = np.full(low.shape, np.iinfo(np.int64).max)
+    best = base.copy()
+    for phase in phases:  # ascending: ties keep the smallest phase
+        fits = phase <= room
+        if not np.any(fits):
+            break
+        step.shift = np.where(fits, base + phase, base)  # the same phase for every element: each keeps its best
         errors = np.sum(step.numpy(x) != exact, axis=0, keepdims=True)
-        # a whole bin lower puts the same values on the same table entries
-        fits_here = fits(shift)
-        better = (fits_here | fits(shift - unit)) & (errors < best_errors)
+        better = fits & (errors < best_errors)
         best_errors = np.where(better, errors, best_errors)
-        best = np.where(better, np.where(fits_here, shift, shift - unit), best)
+        best = np.where(better, base + phase, best)
     step.shift = best if np.any(best) else None
+    # in the circuit, the gain multiplies the accumulator once it starts at 0, so that no value
+    # on the way to the spread one is wider than it (see ``TableLookup.fhe``)
+    step.offset = -low if step.gain is not None and np.any(low) else None
 
 
 def exact_fallback(program: IntegerProgram) -> bool:

@@ -142,12 +142,20 @@ class TableLookup(Step):
     function: Callable[[np.ndarray], np.ndarray] = None
     lsbs_to_remove: int = 0
     exactness: str = "exact"
+    #: the range of the rounded input the table reads, and of the table's output
     input_bounds: tuple = (0, 0)
     output_bounds: tuple = (0, 0)
+    #: the range of the spread input before rounding (``QuantizedModule``s: over the input box)
+    spread_bounds: tuple = None
     description: str = ""
     sample_shape: tuple = (1,)
     gain: np.ndarray = None
     shift: np.ndarray = None
+    #: per element, added before the gain in the circuit and taken back after it (the spread
+    #: value is the same): ``gain * (x + offset)`` is never wider than the spread value, as
+    #: ``gain * x`` can be, which would make concrete-python carry the spread value on more
+    #: bits and scale it up before rounding, its noise with it
+    offset: np.ndarray = None
 
     @property
     def tag(self) -> str:
@@ -203,10 +211,22 @@ class TableLookup(Step):
         return self.read(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
-        x = self.spread(x)
+        if self.offset is not None and self.gain is not None:
+            x = (x + self.offset) * self.gain + ((0 if self.shift is None else self.shift) - self.gain * self.offset)
+        else:
+            x = self.spread(x)
+        # the spread and rounded values share one width: the rounding then keeps exactly the
+        # bits the rounding pass chose (concrete-python adds one when the widths differ)
+        hint = None
+        if self.spread_bounds is not None:
+            hint = np.array([min(self.spread_bounds[0], self.input_bounds[0]),
+                             max(self.spread_bounds[1], self.input_bounds[1])])
+            x = fhe.hint(x, can_store=hint)
         if self.lsbs_to_remove:
             exactness = fhe.Exactness.APPROXIMATE if self.exactness == "approximate" else fhe.Exactness.EXACT
             x = fhe.round_bit_pattern(x, lsbs_to_remove=self.lsbs_to_remove, exactness=exactness)
+            if hint is not None:
+                x = fhe.hint(x, can_store=hint)
         return fhe.univariate(self.lookup)(x)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Iterator, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -14,6 +15,8 @@ from concrete import fhe
 from ..fhe.artifacts import DebugArtifacts
 from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch_to_onnx
 from ..onnx.graph import Graph
+from ..quantization import bounds
+from ..quantization.bounds import clip_box
 from ..quantization.builder import build_program
 from ..quantization.dead_lookups import remove_dead_lookups
 from ..quantization.module import QuantizedModule, _input_ranges
@@ -164,10 +167,25 @@ def _build(model, torch_inputset, import_qat, n_bits, rounding_threshold_bits, b
     program = build_program(graph, arrays, parsed_bits, qat=import_qat or brevitas, strict_qat=brevitas)
     remove_dead_lookups(program)
     calibration_q = tuple(q.quantize(a) for q, a in zip(program.input_quantizers, arrays))
+    types = _input_ranges(calibration_q)  # what concrete-python can encrypt for this inputset
     # few input combinations: one exact lookup per output, which rounding could only spoil
-    if not tabulate(program, input_domains(program.input_quantizers, _input_ranges(calibration_q))):
+    if tabulate(program, input_domains(program.input_quantizers, types)):
+        box = _input_ranges(calibration_q, program.input_domains)  # every combination is in the tables
+    elif bounds.SIZING == "inputset":  # the inputset's rows only (bounds.sizing)
         apply_rounding(program, calibration_q, rounding_threshold_bits)
-    program.measure_bounds(*calibration_q)
+        program.measure_bounds(*calibration_q)
+        box = None
+    else:
+        # the clip box: every value is sized for every input within it, not for the inputset's rows
+        box = clip_box(calibration_q, types)
+        apply_rounding(program, calibration_q, rounding_threshold_bits, input_ranges=box)
+        # the input quantizers clip each element to its range, in the module and on a client
+        program.input_quantizers = [
+            quantizer if np.all(low == type_low) and np.all(high == type_high)
+            else replace(quantizer, element_min=low, element_max=high)
+            for quantizer, (low, high), (type_low, type_high) in zip(program.input_quantizers, box, types)]
+    if box is not None:
+        program.size_for_box(box)
     module = QuantizedModule(program, onnx_model=onnx_model, calibration_q=calibration_q)
     # read when compiling: advise what the function the user called accepts
     module.overflow_hint = _ADVICE.get() or _overflow_hint(model, brevitas)

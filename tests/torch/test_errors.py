@@ -362,7 +362,7 @@ def test_overflow_error_of_compile_brevitas_qat_model_advises_the_brevitas_quant
 
 def test_accumulator_overflow_error_advises_bits_and_pruning_not_rounding():
     # a last layer has no lookup to round: only fewer bits or fewer weights shrink it
-    with pytest.raises(ValueError, match="produces 3.-bit integers on the inputset") as error:
+    with pytest.raises(ValueError, match="produces 3.-bit integers over the inputs' clip ranges") as error:
         compile_torch_model(nn.Linear(200, 2).eval(), WIDE_INPUTSET, n_bits=16)
     message = str(error.value)
     assert "lower n_bits" in message and "torch.nn.utils.prune" in message
