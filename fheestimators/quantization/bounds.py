@@ -224,7 +224,8 @@ class BoxBounds:
         lows, highs = [self.intervals[name][0] for name in program.input_names], \
             [self.intervals[name][1] for name in program.input_names]
         counts = np.concatenate([(high - low + 1).ravel() for low, high in zip(lows, highs)])
-        if counts.size and float(np.prod(counts.astype(np.float64))) <= MAX_ENUMERATED_INPUTS:
+        # in log2: an image's box has far more inputs than a float can count
+        if counts.size and np.sum(np.log2(counts)) <= np.log2(MAX_ENUMERATED_INPUTS):
             grid = np.indices(tuple(int(c) for c in counts)).reshape(len(counts), -1).T
             values, start = {}, 0
             for name, low in zip(program.input_names, lows):
