@@ -13,6 +13,7 @@ import torch
 from concrete import fhe
 
 from ..fhe.artifacts import DebugArtifacts
+from ..fhe.compiler import per_norm_configuration
 from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch_to_onnx
 from ..onnx.graph import Graph
 from ..quantization import bounds
@@ -263,7 +264,9 @@ def compile_torch_model(
     Parameters are those of ``build_quantized_module``, plus:
 
     configuration : concrete.fhe.Configuration, optional
-        Compiler settings (ours default to multi-parameter selection).
+        Compiler settings. Ours default to multi-parameter selection, with the lookups
+        grouped by bit-width and by the norm of the weights before them: each group gets
+        its own keys (``fhe.compiler.per_norm_configuration``; more keys, cheaper bootstraps).
     artifacts : DebugArtifacts, optional
         Filled with the ONNX model, the quantized graph and the MLIR.
     show_mlir, verbose : bool
@@ -282,6 +285,7 @@ def compile_torch_model(
     module = build_quantized_module(torch_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
+    configuration = configuration if configuration is not None else per_norm_configuration()
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_torch_model")
@@ -310,6 +314,7 @@ def compile_onnx_model(
     module = build_quantized_module(onnx_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
+    configuration = configuration if configuration is not None else per_norm_configuration()
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_onnx_model")
