@@ -40,3 +40,20 @@ def test_inputs_encryption_status_is_checked():
         compile_torch_model(MODEL, X, n_bits=3, inputs_encryption_status=["clear"])
     module = compile_torch_model(MODEL, X, n_bits=3, inputs_encryption_status=["encrypted"])
     np.testing.assert_array_equal(module.forward(X.numpy(), fhe="simulate"), module.forward(X.numpy()))
+
+
+def test_lookups_get_keys_per_norm_unless_the_user_configures():
+    """compile_torch_model's default groups lookups by norm too; a user's configuration is kept as given."""
+    from concrete import fhe as cfhe
+
+    from fheestimators.fhe.compiler import default_configuration
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    x = torch.randn(50, 2).numpy()
+    module = compile_torch_model(model, x, n_bits=3)
+    assert module._compile_inputs[1].multi_parameter_strategy == cfhe.MultiParameterStrategy.PRECISION_AND_NORM2
+    mine = default_configuration()
+    module = compile_torch_model(model, x, n_bits=3, configuration=mine)
+    assert module._compile_inputs[1] is mine
+    assert mine.multi_parameter_strategy == cfhe.MultiParameterStrategy.PRECISION
