@@ -105,8 +105,8 @@ def one_version(weights: str) -> dict:
     statistics = circuit.statistics
     result["programmable_bootstraps"] = int(circuit.programmable_bootstrap_count)
     result["bootstrap_keys"] = [
-        {"n": key.input_lwe_dimension, "N": key.polynomial_size, "k": key.glwe_dimension, "level": key.level,
-         "base_log": key.base_log, "bootstraps": int(count)}
+        {"n": key.input_lwe_dimension(), "N": key.polynomial_size(), "k": key.glwe_dimension(),
+         "level": key.level(), "base_log": key.base_log(), "bootstraps": int(count)}
         for key, count in statistics["programmable_bootstrap_count_per_parameter"].items()]
     result["complexity"] = float(statistics["complexity"])
     result["evaluation_keys_mb"] = round((circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys) / 2**20, 1)

@@ -231,6 +231,34 @@ def _compile(module: QuantizedModule, arrays, configuration, artifacts, show_mli
     return module
 
 
+# keys per norm group are kept when they predict at most this fraction of the seconds per
+# sample of keys per bit-width only: more keys (up to twice the bytes) for less is no gain
+PER_NORM_MAX_SECONDS = 0.8
+
+
+def _compile_cheaper(module: QuantizedModule, arrays, configuration, artifacts, show_mlir, p_error,
+                     global_p_error, verbose, inputs_encryption_status) -> QuantizedModule:
+    """``_compile``; without a user's ``configuration``, the circuit is compiled again with keys per
+    norm group (``per_norm_configuration``) and that one kept if predicted much faster.
+
+    With keys per bit-width only, every lookup of a bit-width pays for the most precise
+    one: those whose outputs feed the exact output layer (TinyCNN: 296 bootstraps at 8
+    levels, 2.3x the complexity of keys per group). With few lookups, the extra keys and
+    key switches cost more than they save (a 3 -> 4 -> 4 -> 2 MLP: 0.34 s against 0.30 s).
+    """
+    _compile(module, arrays, configuration, artifacts, show_mlir, p_error, global_p_error, verbose,
+             inputs_encryption_status)
+    if configuration is not None or len(module.program.table_lookups) < 2:
+        return module
+    kept = module.fhe_circuit, module._compile_inputs, module.cost().seconds_per_sample
+    # the MLIR and the report are those of the circuit above: only the keys differ
+    module.compile(arrays, configuration=per_norm_configuration(), p_error=p_error,
+                   global_p_error=global_p_error, inputs_encryption_status=inputs_encryption_status)
+    if module.cost().seconds_per_sample > PER_NORM_MAX_SECONDS * kept[2]:
+        module.fhe_circuit, module._compile_inputs = kept[0], kept[1]
+    return module
+
+
 def _check_or_suggest(module: QuantizedModule, torch_inputset, import_qat, n_bits, rounding, settings,
                       function: str) -> None:
     """The bit-width check; on failure, the error names a setting that compiles, if one is found."""
@@ -264,9 +292,11 @@ def compile_torch_model(
     Parameters are those of ``build_quantized_module``, plus:
 
     configuration : concrete.fhe.Configuration, optional
-        Compiler settings. Ours default to multi-parameter selection, with the lookups
-        grouped by bit-width and by the norm of the weights before them: each group gets
-        its own keys (``fhe.compiler.per_norm_configuration``; more keys, cheaper bootstraps).
+        Compiler settings. By default, multi-parameter selection: keys per bit-width of
+        the lookups, or, if predicted at least 20% faster per sample, keys per bit-width
+        and norm of the weights before each lookup (``fhe.compiler.per_norm_configuration``:
+        more keys, cheaper bootstraps; networks of 2 lookup layers or more are compiled
+        twice to compare).
     artifacts : DebugArtifacts, optional
         Filled with the ONNX model, the quantized graph and the MLIR.
     show_mlir, verbose : bool
@@ -285,12 +315,11 @@ def compile_torch_model(
     module = build_quantized_module(torch_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
-    configuration = configuration if configuration is not None else per_norm_configuration()
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_torch_model")
-    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
-                    p_error, global_p_error, verbose, inputs_encryption_status)
+    return _compile_cheaper(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                            p_error, global_p_error, verbose, inputs_encryption_status)
 
 
 def compile_onnx_model(
@@ -314,12 +343,11 @@ def compile_onnx_model(
     module = build_quantized_module(onnx_model, torch_inputset, import_qat=import_qat, n_bits=n_bits,
                                     rounding_threshold_bits=rounding_threshold_bits,
                                     reduce_sum_copy=reduce_sum_copy)
-    configuration = configuration if configuration is not None else per_norm_configuration()
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_onnx_model")
-    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
-                    p_error, global_p_error, verbose, inputs_encryption_status)
+    return _compile_cheaper(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                            p_error, global_p_error, verbose, inputs_encryption_status)
 
 
 def compile_brevitas_qat_model(
