@@ -24,8 +24,7 @@ def per_norm_configuration() -> fhe.Configuration:
 
     Each group gets its own keys: lookups fed by fresh inputs or by a rounded layer need
     far less precise bootstraps than those whose outputs feed the circuit's exact output
-    layer, and no longer pay for them. More keys (TinyCNN: 3 groups instead of 1, 1.7x the
-    key bytes), cheaper bootstraps (TinyCNN: 2.3x less complexity; design notes).
+    layer, and no longer pay for them. More keys, cheaper bootstraps (design notes, TinyCNN).
     """
     return default_configuration().fork(multi_parameter_strategy=fhe.MultiParameterStrategy.PRECISION_AND_NORM2)
 

@@ -242,9 +242,8 @@ def _compile_cheaper(module: QuantizedModule, arrays, configuration, artifacts, 
     norm group (``per_norm_configuration``) and that one kept if predicted much faster.
 
     With keys per bit-width only, every lookup of a bit-width pays for the most precise
-    one: those whose outputs feed the exact output layer (TinyCNN: 296 bootstraps at 8
-    levels, 2.3x the complexity of keys per group). With few lookups, the extra keys and
-    key switches cost more than they save (a 3 -> 4 -> 4 -> 2 MLP: 0.34 s against 0.30 s).
+    one: those whose outputs feed the exact output layer. With few lookups, the extra keys
+    and key switches can cost more than they save (design notes, TinyCNN).
     """
     _compile(module, arrays, configuration, artifacts, show_mlir, p_error, global_p_error, verbose,
              inputs_encryption_status)
