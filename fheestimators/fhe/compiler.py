@@ -19,6 +19,16 @@ def default_configuration() -> fhe.Configuration:
     )
 
 
+def per_norm_configuration() -> fhe.Configuration:
+    """Our defaults, with lookups grouped by their inputs' weights' norm as well as by bit-width.
+
+    Each group gets its own keys: lookups fed by fresh inputs or by a rounded layer need
+    far less precise bootstraps than those whose outputs feed the circuit's exact output
+    layer, and no longer pay for them. More keys, cheaper bootstraps (design notes, TinyCNN).
+    """
+    return default_configuration().fork(multi_parameter_strategy=fhe.MultiParameterStrategy.PRECISION_AND_NORM2)
+
+
 def compile_function(
     function: Callable,
     inputset: Sequence[tuple[np.ndarray, ...]],

@@ -3,7 +3,9 @@
 A neuron between two linear layers costs one bootstrap. Pruning leaves neurons whose
 outgoing weights are all zero (nothing reads them) and neurons whose incoming weights
 are all zero (their lookup always returns the same number, which folds into the next
-layer as a constant). Neither needs a bootstrap.
+layer as a constant). Neither needs a bootstrap. Convolutions leave elements unread too:
+a strided kernel without padding can skip the last rows and columns of its input (3x3
+with stride 2 on 6x6 reads rows 0-4 only); their lookups are skipped as well.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .program import IntegerProgram
-from .steps import Index, MatMul, Shift, Step, TableLookup
+from .steps import Conv, Index, MatMul, Shift, Step, TableLookup
 
 
 def remove_dead_lookups(program: IntegerProgram) -> int:
@@ -24,7 +26,8 @@ def remove_dead_lookups(program: IntegerProgram) -> int:
     """
     removed_total = 0
     while True:
-        removed = sum(_shrink(program, lookup) for lookup in reversed(program.table_lookups))
+        removed = sum(_shrink(program, lookup) + _skip_unread(program, lookup)
+                      for lookup in reversed(program.table_lookups))
         removed_total += removed
         if not removed:
             return removed_total
@@ -110,3 +113,71 @@ def _restricted(function, keep: np.ndarray, width: int):
         return function(full)[..., keep]
 
     return live_function
+
+
+def _skip_unread(program: IntegerProgram, lookup: TableLookup) -> int:
+    """Look up only the elements that the convolutions reading ``lookup`` use; the others read 0.
+
+    The read elements are gathered before the chain of lookups and put back in place
+    after it (moving elements costs no bootstrap); the unread places hold zeros, which no
+    convolution output depends on. Returns how many bootstraps per sample were removed.
+    """
+    shape = tuple(lookup.sample_shape[1:])
+    readers = _consumers(program, lookup.output)
+    if _is_output(program, lookup.output) or not readers or not all(isinstance(r, Conv) for r in readers):
+        return 0
+    chain = _lookup_chain(program, lookup)
+    first = chain[-1]
+    if isinstance(_producer(program, first.inputs[0]), TableLookup):
+        return 0  # concrete-python 2.11 fails to lower a lookup -> gather -> lookup sequence (see _shrink)
+    read = np.zeros(shape, dtype=bool)
+    for conv in readers:
+        read |= conv_reads(conv, shape)
+    if read.all() or not read.any():
+        return 0
+    keep = np.flatnonzero(read)
+    gathered = f"{first.inputs[0]}.read"
+    program.steps.insert(program.steps.index(first), Index(first.name, [first.inputs[0]], gathered, positions=keep))
+    first.inputs = [gathered]
+    for step in chain:
+        step.function = _on_flat_positions(step.function, keep, shape)
+        step.sample_shape = (1, keep.size)
+    full = lookup.output
+    lookup.output = f"{full}.read"
+    positions = np.full(shape, -1, dtype=np.int64)  # -1: a zero, read by no convolution
+    positions.flat[keep] = np.arange(keep.size)
+    program.steps.insert(program.steps.index(lookup) + 1, Index(lookup.name, [lookup.output], full,
+                                                                positions=positions))
+    return read.size - keep.size
+
+
+def conv_reads(conv: Conv, shape: tuple) -> np.ndarray:
+    """Per element of a sample of shape ``shape`` (channels first), whether some output of ``conv``
+    multiplies it by a non-zero weight: the gradient of the sum of outputs under ``|weight|``."""
+    import torch
+    import torch.nn.functional as F
+
+    dims = len(shape) - 1
+    x = torch.zeros((1, *shape), dtype=torch.float64, requires_grad=True)
+    pads = list(conv.pads) or [0] * (2 * dims)
+    # torch pads the last axis first, ONNX lists every axis' start, then every axis' end
+    padded = F.pad(x, [p for axis in reversed(range(dims)) for p in (pads[axis], pads[axis + dims])])
+    weight = torch.from_numpy(np.abs(np.asarray(conv.weight, dtype=np.float64)))
+    convolve = (F.conv1d, F.conv2d, F.conv3d)[dims - 1]
+    out = convolve(padded, weight, stride=tuple(conv.strides) or 1, dilation=tuple(conv.dilations) or 1,
+                   groups=conv.group)
+    out.sum().backward()
+    return (x.grad[0] != 0).numpy()
+
+
+def _on_flat_positions(function, keep: np.ndarray, shape: tuple):
+    """The per-element ``function`` of samples of ``shape``, on their flat positions ``keep`` only."""
+
+    def read_function(q):
+        q = np.asarray(q)
+        full = np.zeros(q.shape[:-1] + (int(np.prod(shape)),), dtype=np.result_type(q.dtype, np.int64))
+        full[..., keep] = q
+        out = np.asarray(function(full.reshape(q.shape[:-1] + shape)))
+        return out.reshape(q.shape[:-1] + (-1,))[..., keep]
+
+    return read_function

@@ -13,6 +13,7 @@ import torch
 from concrete import fhe
 
 from ..fhe.artifacts import DebugArtifacts
+from ..fhe.compiler import per_norm_configuration
 from ..onnx.export import OPSET_VERSION_FOR_ONNX_EXPORT, brevitas_to_onnx, torch_to_onnx
 from ..onnx.graph import Graph
 from ..quantization import bounds
@@ -230,6 +231,37 @@ def _compile(module: QuantizedModule, arrays, configuration, artifacts, show_mli
     return module
 
 
+# keys per norm group are kept when they predict at most this fraction of the seconds per
+# sample of keys per bit-width only: more keys (up to twice the bytes) for less is no gain
+PER_NORM_MAX_SECONDS = 0.8
+
+
+def _compile_cheaper(module: QuantizedModule, arrays, configuration, artifacts, show_mlir, p_error,
+                     global_p_error, verbose, inputs_encryption_status) -> QuantizedModule:
+    """``_compile``; without a user's ``configuration``, the circuit is compiled again with keys per
+    norm group (``per_norm_configuration``) and that one kept if predicted much faster.
+
+    With keys per bit-width only, every lookup of a bit-width pays for the most precise
+    one: those whose outputs feed the exact output layer. With few lookups, the extra keys
+    and key switches can cost more than they save (design notes, TinyCNN).
+    """
+    _compile(module, arrays, configuration, artifacts, show_mlir, p_error, global_p_error, verbose,
+             inputs_encryption_status)
+    if configuration is not None or len(module.program.table_lookups) < 2:
+        return module
+    kept = module.fhe_circuit, module._compile_inputs, module.cost().seconds_per_sample
+    # the MLIR and the report are those of the circuit above: only the keys differ
+    try:
+        module.compile(arrays, configuration=per_norm_configuration(), p_error=p_error,
+                       global_p_error=global_p_error, inputs_encryption_status=inputs_encryption_status)
+        faster = module.cost().seconds_per_sample <= PER_NORM_MAX_SECONDS * kept[2]
+    except (ValueError, RuntimeError):  # no parameters for some group: the circuit above stands
+        faster = False
+    if not faster:
+        module.fhe_circuit, module._compile_inputs = kept[0], kept[1]
+    return module
+
+
 def _check_or_suggest(module: QuantizedModule, torch_inputset, import_qat, n_bits, rounding, settings,
                       function: str) -> None:
     """The bit-width check; on failure, the error names a setting that compiles, if one is found."""
@@ -263,7 +295,11 @@ def compile_torch_model(
     Parameters are those of ``build_quantized_module``, plus:
 
     configuration : concrete.fhe.Configuration, optional
-        Compiler settings (ours default to multi-parameter selection).
+        Compiler settings. By default, multi-parameter selection: keys per bit-width of
+        the lookups, or, if predicted at least 20% faster per sample, keys per bit-width
+        and norm of the weights before each lookup (``fhe.compiler.per_norm_configuration``:
+        more keys, cheaper bootstraps; networks of 2 lookup layers or more are compiled
+        twice to compare).
     artifacts : DebugArtifacts, optional
         Filled with the ONNX model, the quantized graph and the MLIR.
     show_mlir, verbose : bool
@@ -285,8 +321,8 @@ def compile_torch_model(
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_torch_model")
-    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
-                    p_error, global_p_error, verbose, inputs_encryption_status)
+    return _compile_cheaper(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                            p_error, global_p_error, verbose, inputs_encryption_status)
 
 
 def compile_onnx_model(
@@ -313,8 +349,8 @@ def compile_onnx_model(
     settings = (configuration, None, False, p_error, global_p_error, False, inputs_encryption_status)
     _check_or_suggest(module, torch_inputset, import_qat, n_bits, rounding_threshold_bits, settings,
                       "compile_onnx_model")
-    return _compile(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
-                    p_error, global_p_error, verbose, inputs_encryption_status)
+    return _compile_cheaper(module, _inputset_arrays(torch_inputset), configuration, artifacts, show_mlir,
+                            p_error, global_p_error, verbose, inputs_encryption_status)
 
 
 def compile_brevitas_qat_model(

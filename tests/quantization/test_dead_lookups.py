@@ -86,3 +86,54 @@ def test_chained_lookups_shrink_together(monkeypatch, untabulated):
     assert sum(step.n_elements for step in whole.program.table_lookups) == 12
     np.testing.assert_array_equal(module.forward(x.numpy()), whole.forward(x.numpy()))
     np.testing.assert_array_equal(module.forward(x[:1].numpy(), fhe="execute"), module.forward(x[:1].numpy()))
+
+
+class _StridedCNN(torch.nn.Module):
+    """conv 1x6x6 -> 2x4x4, ReLU, conv 3x3 stride 2 -> 2x1x1: the second conv reads rows and columns 0-2 only."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 2, 3)
+        self.conv2 = torch.nn.Conv2d(2, 2, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv2(torch.relu(self.conv1(x))).flatten(1)
+
+
+def test_elements_no_convolution_reads_cost_no_bootstrap(monkeypatch):
+    torch.manual_seed(0)
+    model = _StridedCNN().eval()
+    with torch.no_grad():  # weights of one magnitude: none rounds to 0 at 2 bits
+        model.conv2.weight.copy_(torch.sign(model.conv2.weight) * 0.3)
+    x = torch.randn(100, 1, 6, 6).numpy()
+    # 2-bit activations and weights: 4-bit lookups, fast keys
+    bits = {"op_inputs": 2, "op_weights": 2}
+    module = compile_torch_model(model, x, n_bits=bits)
+    assert _lookups(module) == 2 * 3 * 3  # of 2 * 4 * 4
+    assert module.fhe_circuit.programmable_bootstrap_count == 18
+    _without_the_pass(monkeypatch)
+    whole = build_quantized_module(model, x, n_bits=bits)
+    assert _lookups(whole) == 32
+    np.testing.assert_array_equal(module.forward(x), whole.forward(x))
+    np.testing.assert_array_equal(module.forward(x, fhe="simulate"), module.forward(x))
+    np.testing.assert_array_equal(module.forward(x[:1], fhe="execute"), module.forward(x[:1]))
+
+
+def test_conv_reads_matches_one_element_at_a_time():
+    """The receptive fields, with padding, stride, dilation and groups: each element changes some
+    output exactly when ``conv_reads`` says it is read."""
+    from fheestimators.quantization.dead_lookups import conv_reads
+    from fheestimators.quantization.steps import Conv
+
+    rng = np.random.default_rng(0)
+    weight = rng.integers(-3, 4, size=(4, 2, 3, 2))
+    weight[1, :, 0, :] = 0  # a zero row of one kernel reads nothing there
+    conv = Conv("c", ["x"], "y", weight=weight, pads=(1, 0, 0, 2), strides=(3, 2), dilations=(1, 2), group=2)
+    shape = (4, 7, 6)
+    size = int(np.prod(shape))
+    hot = np.eye(size, dtype=np.int64).reshape((size, *shape))
+    brute = np.any(Conv("c", ["x"], "y", weight=np.abs(weight), pads=conv.pads, strides=conv.strides,
+                        dilations=conv.dilations, group=2).numpy(hot).reshape(size, -1) != 0, axis=1)
+    reads = conv_reads(conv, shape)
+    np.testing.assert_array_equal(reads.ravel(), brute)
+    assert 0 < reads.sum() < size

@@ -40,3 +40,26 @@ def test_inputs_encryption_status_is_checked():
         compile_torch_model(MODEL, X, n_bits=3, inputs_encryption_status=["clear"])
     module = compile_torch_model(MODEL, X, n_bits=3, inputs_encryption_status=["encrypted"])
     np.testing.assert_array_equal(module.forward(X.numpy(), fhe="simulate"), module.forward(X.numpy()))
+
+
+@pytest.mark.parametrize("bits, rounding, per_norm", [(3, None, False), (8, 5, True)])
+def test_default_keys_are_the_cheaper_grouping(bits, rounding, per_norm):
+    """Without a configuration, keys per norm group are kept when predicted much faster; a user's
+    configuration is compiled as given (no keys are generated here)."""
+    from concrete import fhe as cfhe
+
+    from fheestimators.fhe.compiler import default_configuration
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(100, 4).numpy()
+    chosen = compile_torch_model(model, x, n_bits=bits, rounding_threshold_bits=rounding)
+    mine = default_configuration()
+    per_width = compile_torch_model(model, x, n_bits=bits, rounding_threshold_bits=rounding, configuration=mine)
+    assert per_width._compile_inputs[1] is mine
+    assert mine.multi_parameter_strategy == cfhe.MultiParameterStrategy.PRECISION
+    kept = chosen._compile_inputs[1]
+    assert (kept is not None and kept.multi_parameter_strategy == cfhe.MultiParameterStrategy.PRECISION_AND_NORM2) \
+        == per_norm
+    seconds, baseline = chosen.cost().seconds_per_sample, per_width.cost().seconds_per_sample
+    assert seconds <= 0.8 * baseline if per_norm else seconds == baseline
