@@ -679,6 +679,12 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
         Train on each target column scaled to mean 0 and variance 1 (``target_mean_``,
         ``target_scale_``); predictions, in every ``fhe`` mode and from saved models,
         are in the units of ``y``. False trains on ``y`` as given.
+    module__linear_term : bool, default=True
+        The regressor's own default for ``QATMLP`` (the classifier's is False): before
+        training, ``fit`` sets the network's linear term to a ridge regression
+        (``RidgeCV``) of the targets on all its rows, and the MLP learns what it leaves.
+        On small, mostly linear data the network alone, trained on the rows that early
+        stopping does not hold out, falls below the linear model. False gives the MLP alone.
     """
 
     _float_twin = FloatNeuralNetRegressor
@@ -704,6 +710,13 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
     def _initialize_network(self, X: np.ndarray, y: np.ndarray) -> None:
         super()._initialize_network(X, y)
         fit_linear_term(self.module_, X, y)
+
+    def __setstate__(self, state):
+        module_state = state.get("_fhe_module_state_")
+        if module_state is not None and not any(key.startswith("linear_term_layer") for key in module_state):
+            # saved without a linear term (by a version before it, or with it off): rebuilt without one
+            state.setdefault("module__linear_term", False)
+        super().__setstate__(state)
 
     def _compile(self, X: np.ndarray, settings: dict, verbose: bool = False):
         super()._compile(X, settings, verbose=verbose)

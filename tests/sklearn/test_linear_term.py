@@ -65,3 +65,14 @@ def test_encrypted_prediction_with_the_linear_term_matches_the_clear_one(linear_
             "module__linear_term_w_bits": 3}
     reg = NeuralNetRegressor(**tiny, max_epochs=1, rounding_threshold_bits=None, global_p_error=1e-5).fit(X, y[:, 0])
     assert reg.predict(X[:2], fhe="execute") == pytest.approx(reg.predict(X[:2]), rel=1e-6)
+
+
+def test_a_regressor_saved_without_the_term_loads_without_it(linear_data):
+    X, y, _ = linear_data
+    reg = NeuralNetRegressor(**SMALL, max_epochs=1, module__linear_term=False).fit(X, y[:, 0])
+    del reg.module__linear_term  # as saved by the versions before the term existed
+    state = reg.__getstate__()
+    loaded = NeuralNetRegressor.__new__(NeuralNetRegressor)
+    loaded.__setstate__(state)
+    assert loaded.module_.linear_term_layer is None and loaded.get_params()["module__linear_term"] is False
+    assert loaded.predict(X[:5], fhe="simulate") == pytest.approx(reg.predict(X[:5], fhe="simulate"))
