@@ -679,12 +679,14 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
         Train on each target column scaled to mean 0 and variance 1 (``target_mean_``,
         ``target_scale_``); predictions, in every ``fhe`` mode and from saved models,
         are in the units of ``y``. False trains on ``y`` as given.
-    module__linear_term : bool, default=True
-        The regressor's own default for ``QATMLP`` (the classifier's is False): before
-        training, ``fit`` sets the network's linear term to a ridge regression
-        (``RidgeCV``) of the targets on all its rows, and the MLP learns what it leaves.
-        On small, mostly linear data the network alone, trained on the rows that early
-        stopping does not hold out, falls below the linear model. False gives the MLP alone.
+
+    Notes
+    -----
+    ``module__linear_term`` defaults to True here (False for the classifier): before
+    training, ``fit`` sets the network's linear term to a ridge regression (``RidgeCV``)
+    of the targets on all its rows, and the MLP learns what it leaves. On small, mostly
+    linear data the network alone, trained on the rows that early stopping does not hold
+    out, falls below the linear model. ``module__linear_term=False`` gives the MLP alone.
     """
 
     _float_twin = FloatNeuralNetRegressor
