@@ -23,6 +23,7 @@ from ..quantization.tabulate import narrowed_outputs
 from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_advice
 from .binning import fit_binning
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
+from .linear_term import fit_linear_term
 from .pruning import PruneWeights
 from .qat_module import QATMLP
 from .progress import EpochProgress
@@ -220,9 +221,13 @@ class FheMixin(EarlyStoppingMixin):
         self._resolve_early_stopping(len(X), fresh=restart)
         with self._torch_seed(), _one_torch_thread():
             if restart:
-                self.initialize()
+                self._initialize_network(X, y)
             super().partial_fit(X, y, **fit_params)
         return self._compile(X, settings)
+
+    def _initialize_network(self, X: np.ndarray, y: np.ndarray) -> None:
+        """A fresh network, optimizer and callbacks before training on ``(X, y)``."""
+        self.initialize()
 
     # whether input_bins="auto" bins data of few features (the classifier's labels place the edges)
     _auto_bins = False
@@ -657,6 +662,10 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
         return self.classes_[indices]
 
 
+# the regressor's network adds to a ridge regression: below it on small linear data otherwise (design notes)
+LINEAR_TERM = True
+
+
 class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
     """A QAT neural network regressor that predicts on encrypted data.
 
@@ -670,12 +679,46 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
         Train on each target column scaled to mean 0 and variance 1 (``target_mean_``,
         ``target_scale_``); predictions, in every ``fhe`` mode and from saved models,
         are in the units of ``y``. False trains on ``y`` as given.
+
+    Notes
+    -----
+    ``module__linear_term`` defaults to True here (False for the classifier): before
+    training, ``fit`` sets the network's linear term to a ridge regression (``RidgeCV``)
+    of the targets on all its rows, and the MLP learns what it leaves. On small, mostly
+    linear data the network alone, trained on the rows that early stopping does not hold
+    out, falls below the linear model. ``module__linear_term=False`` gives the MLP alone.
     """
 
     _float_twin = FloatNeuralNetRegressor
 
     def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, normalize_y: bool = True, **kwargs):
         super().__init__(module, *args, criterion=criterion, normalize_y=normalize_y, **kwargs)
+
+    def _uses_qatmlp(self) -> bool:
+        return isinstance(self.module, type) and issubclass(self.module, QATMLP)
+
+    def _module_defaults(self) -> dict:
+        defaults = super()._module_defaults()
+        if self._uses_qatmlp():
+            defaults["module__linear_term"] = LINEAR_TERM
+        return defaults
+
+    def get_params_for(self, prefix):
+        params = super().get_params_for(prefix)
+        if prefix == "module" and self._uses_qatmlp():
+            params.setdefault("linear_term", LINEAR_TERM)
+        return params
+
+    def _initialize_network(self, X: np.ndarray, y: np.ndarray) -> None:
+        super()._initialize_network(X, y)
+        fit_linear_term(self.module_, X, y)
+
+    def __setstate__(self, state):
+        module_state = state.get("_fhe_module_state_")
+        if module_state is not None and not any(key.startswith("linear_term_layer") for key in module_state):
+            # saved without a linear term (by a version before it, or with it off): rebuilt without one
+            state.setdefault("module__linear_term", False)
+        super().__setstate__(state)
 
     def _compile(self, X: np.ndarray, settings: dict, verbose: bool = False):
         super()._compile(X, settings, verbose=verbose)

@@ -9,6 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .linear_term import fit_linear_term
 from .qat_module import layer_widths
 from .schedule import OneCycle
 from .targets import _ClassLabels, _Targets
@@ -33,10 +34,12 @@ class FloatMLP(nn.Module):
         Width of each hidden layer, or one width per hidden layer; None as in ``QATMLP``.
     activation : type of torch.nn.Module
         The activation after each hidden layer.
+    linear_term : bool
+        Add a linear term of the inputs to the output, as ``QATMLP``'s (set by the regressor, not trained).
     """
 
     def __init__(self, n_inputs: int, n_outputs: int, n_layers: int,
-                 n_hidden: Union[int, Sequence[int], None], activation: Type[nn.Module]):
+                 n_hidden: Union[int, Sequence[int], None], activation: Type[nn.Module], linear_term: bool = False):
         super().__init__()
         widths = layer_widths(n_inputs, n_outputs, n_layers, n_hidden)
         layers: list[nn.Module] = []
@@ -45,9 +48,19 @@ class FloatMLP(nn.Module):
                 layers.append(activation())
             layers.append(nn.Linear(fan_in, fan_out))
         self.layers = nn.Sequential(*layers)
+        self.linear_term_layer = None
+        if linear_term:
+            self.linear_term_layer = nn.Linear(n_inputs, n_outputs, bias=False)
+            nn.init.zeros_(self.linear_term_layer.weight)
+            self.linear_term_layer.weight.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        out = self.layers(x)
+        return out if self.linear_term_layer is None else out + self.linear_term_layer(x)
+
+    @property
+    def linear_layers(self) -> list[nn.Linear]:
+        return [m for m in self.layers if isinstance(m, nn.Linear)]
 
 
 class _FloatTwin(EarlyStoppingMixin):
@@ -86,8 +99,18 @@ class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
     """skorch's regressor, taking data as ours does (1-D ``y``, float64 or pandas ``X``).
 
     ``fit_benchmark`` trains one on a ``FloatMLP``: the score of the network
-    without quantization, pruning or FHE.
+    without quantization, pruning or FHE. A ``FloatMLP`` with ``linear_term`` gets it
+    by ridge regression, as ``NeuralNetRegressor``'s network does.
     """
+
+    def fit(self, X, y, **fit_params):
+        """Train the float network on ``(X, y)``, its linear term first; returns ``self``."""
+        X, y = self._training_data(X, y, reset=True)
+        self._resolve_early_stopping(len(X), fresh=True)
+        if not self.warm_start or not self.initialized_:  # as skorch's fit
+            self.initialize()
+            fit_linear_term(self.module_, X, y)
+        return self.partial_fit(X, y, **fit_params)
 
     def predict(self, X) -> np.ndarray:
         """Predicted values, shaped like the ``y`` of ``fit``."""

@@ -164,7 +164,7 @@ def test_fit_benchmark_returns_the_model_and_its_float_twin(kind, request):
     assert not hasattr(float_model, "quantized_module_")
 
     # the same architecture and the same skorch settings
-    shapes = [tuple(layer.weight.shape) for layer in model.module_.linear_layers]
+    shapes = [tuple(m.weight.shape) for m in model.module_.modules() if isinstance(m, torch.nn.Linear)]
     assert [tuple(m.weight.shape) for m in float_model.module_.modules() if isinstance(m, torch.nn.Linear)] == shapes
     for name in ("lr", "max_epochs", "batch_size", "optimizer", "criterion", "train_split"):
         assert getattr(float_model, name) == getattr(model, name), name
@@ -234,6 +234,7 @@ def test_callback_settings_set_before_fit_take_effect(kind, request):
 def test_get_params_shows_the_defaults_that_decide_the_model_and_its_cost(estimator):
     params = estimator().get_params()
     assert {name: params[name] for name in QATMLP_DEFAULTS} == QATMLP_DEFAULTS
+    assert params["module__linear_term"] is (estimator is NeuralNetRegressor)  # the regressor's own default
     assert "module__n_inputs" not in params and "module__n_outputs" not in params  # from the data
     assert params["p_error"] == 0.3 and params["global_p_error"] is None
     # __init__ keeps the parameters as given: clone does not turn the defaults into settings
