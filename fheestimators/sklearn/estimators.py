@@ -46,6 +46,10 @@ FEW_FEATURES = 2
 # "auto" input bins leave this many input combinations in all: tabulated into 6-bit lookups
 AUTO_BINNED_COMBINATIONS = 2**6
 DEFAULT_P_ERROR = 0.3
+# the classifier's network on data of more than FEW_FEATURES features, when the user sets neither
+# depth nor widths: one hidden layer (a lookup per neuron) on narrow integers, whose 7-bit
+# lookups then get keys of one decomposition level (design notes, "Wide data: one hidden layer")
+WIDE_NETWORK = {"n_layers": 2, "n_hidden": 16, "n_w_bits": 4, "n_a_bits": 4, "n_input_bits": 6}
 # the default with learned input bins: a mistake of the one lookup reads another cell's
 # entry, not a neighbouring value of a smooth function (design notes)
 BINNED_P_ERROR = 0.01
@@ -350,7 +354,13 @@ class FheMixin(EarlyStoppingMixin):
             if binning is not None:  # signed integers that hold every bin index exactly
                 params.setdefault("n_input_bits", int(np.ceil(np.log2(max(binning.n_bins_)))) + 1)
                 params.setdefault("input_scale", 1.0)
+            for name, value in self._data_module_defaults(params).items():
+                params.setdefault(name, value)
         return params
+
+    def _data_module_defaults(self, given: dict) -> dict:
+        """QATMLP arguments whose default depends on the data, given the ``module__`` settings ``given``."""
+        return {}
 
     def torch_compile(self, module, name):
         """torch.compile is not used: ``compile`` here means compiling to FHE."""
@@ -600,6 +610,12 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
 
     def __init__(self, module=QATMLP, *args, criterion=torch.nn.CrossEntropyLoss, **kwargs):
         super().__init__(module, *args, criterion=criterion, **kwargs)
+
+    def _data_module_defaults(self, given: dict) -> dict:
+        # a depth or widths the user set keep QATMLP's defaults for the rest
+        if self.n_features_in_ <= FEW_FEATURES or "n_layers" in given or "n_hidden" in given:
+            return {}
+        return dict(WIDE_NETWORK)
 
     def partial_fit(self, X, y, classes=None, **fit_params):
         """Train the current network further on ``(X, y)`` (start one if none), then recompile on ``X``.
