@@ -11,7 +11,10 @@ only, on other data of more than 2 features (wine, iris, 20-feature make_classif
 
 Run: ``python benchmarks/wide_inputs.py [--before REF] > results_wide_inputs.json``
 (``REF``, default ``HEAD``: the code to compare this tree with; about 15 minutes per
-version on 2 cores).
+version on 2 cores). Seconds measured in two runs, one after the other, drift with the
+machine's load: ``--interleaved ROUNDS`` (``> results_wide_inputs_interleaved.json``)
+instead trains the previous default network (two hidden layers) and the current one with
+this tree and times their encrypted samples in turn.
 """
 from __future__ import annotations
 
@@ -102,6 +105,42 @@ def evaluate(name: str, X: np.ndarray, y: np.ndarray, execute: bool) -> dict:
     return {"features": X.shape[1], **result}
 
 
+def interleaved(rounds: int) -> dict:
+    """Both networks trained by this tree on split 0, their encrypted samples timed in turn (A B A B ...).
+
+    The previous default network is ``module__n_layers=3`` with QATMLP's own bits; taking the
+    ratio pair by pair keeps it meaningful when the machine's load drifts.
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fheestimators import NeuralNetClassifier
+
+    result = {}
+    for name, (X, y) in data_sets(True).items():
+        X_train, X_test, y_train, _ = train_test_split(X, y, test_size=0.25, stratify=y, random_state=0)
+        models = {label: make_pipeline(StandardScaler(), NeuralNetClassifier(random_state=0, **params))
+                  for label, params in (("two_hidden_layers", {"module__n_layers": 3}), ("default", {}))}
+        for model in models.values():
+            model.fit(X_train, y_train)[-1].fhe_circuit.keygen(force=True)
+            model.predict(X_test[:1], fhe="execute")
+        seconds: dict = {label: [] for label in models}
+        for i in range(1, rounds + 1):
+            for label, model in models.items():
+                start = time.perf_counter()
+                model.predict(X_test[i:i + 1], fhe="execute")
+                seconds[label].append(time.perf_counter() - start)
+        ratios = np.array(seconds["two_hidden_layers"]) / np.array(seconds["default"])
+        result[name] = {**{f"{label}_median_s": round(float(np.median(s)), 3) for label, s in seconds.items()},
+                        **{f"{label}_predicted_s": round(m[-1].fhe_cost_.seconds_per_sample, 3)
+                           for label, m in models.items()},
+                        "speedup_median_of_pairs": round(float(np.median(ratios)), 2),
+                        "speedup_min_max": [round(float(ratios.min()), 2), round(float(ratios.max()), 2)]}
+        log(f"{name}: {result[name]}")
+    return {"rounds": rounds, "data": result, "load_average_1min_end": round(os.getloadavg()[0], 2)}
+
+
 def one_version() -> dict:
     warnings.filterwarnings("ignore")
     return {"wide_data": {name: evaluate(name, X, y, execute=True) for name, (X, y) in data_sets(True).items()},
@@ -112,9 +151,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
     parser.add_argument("--one-version", action="store_true", help="measure the imported code only")
+    parser.add_argument("--interleaved", type=int, metavar="ROUNDS",
+                        help="instead: time both networks' encrypted samples in turn, ROUNDS pairs (this tree only)")
     args = parser.parse_args(argv)
-    if args.one_version:
-        print(json.dumps(one_version()))
+    if args.one_version or args.interleaved:
+        result = one_version() if args.one_version else {**interleaved(args.interleaved), "machine": machine()}
+        print(json.dumps(result))
         return
     from _versions import compare
 
