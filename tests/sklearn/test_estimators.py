@@ -18,7 +18,7 @@ from skorch.dataset import ValidSplit
 from fheestimators.sklearn import NeuralNetClassifier, NeuralNetRegressor
 from fheestimators.sklearn.qat_module import QATMLP
 from fheestimators.torch.compile import _build
-from fheestimators.sklearn.estimators import DEFAULT_P_ERROR, _far_features
+from fheestimators.sklearn.estimators import DEFAULT_P_ERROR, WIDE_NETWORK, WIDE_WEIGHT_DECAY, _far_features
 
 
 def build_quantized_module_from_brevitas(model, X):
@@ -271,6 +271,41 @@ def test_rounding_bits_per_layer(data, rounding, n_features, kept):
     lookups = [report for report in clf.quantized_module_.layer_reports() if report.table_lookups]
     assert [report.accumulator_bits - report.lsbs_removed for report in lookups] == kept
     assert all(report.accumulator_bits > 8 for report in lookups)  # both were rounded
+
+
+def test_wide_data_default_is_one_hidden_layer_on_narrow_integers(data):
+    X, y = data  # 4 features: beyond the 2 of learned input bins
+    clf = NeuralNetClassifier(max_epochs=20, lr=0.05, batch_size=32, random_state=0).fit(X, y)
+    assert [layer.out_features for layer in clf.module_.linear_layers] == [WIDE_NETWORK["n_hidden"], 2]
+    assert [layer.quant_weight().bit_width.item() for layer in clf.module_.linear_layers] == [4, 3]
+    assert clf.module_.layers[0](torch.zeros(1, X.shape[1])).bit_width.item() == 6  # input features
+    assert clf.optimizer_.param_groups[0]["weight_decay"] == WIDE_WEIGHT_DECAY
+    cost = clf.fhe_cost_
+    # one 7-bit lookup per hidden neuron at most (a neuron whose output weights round to 0 is dropped),
+    # on keys of one decomposition level
+    assert cost.lookup_bit_widths == ((7, cost.programmable_bootstraps),) and cost.programmable_bootstraps <= 16
+    assert [levels for (_, _, _, levels), _ in cost.bootstrap_keys] == [1]
+    assert clf.score(X, y) > 0.8
+    # approximate rounding's and p_error's mistakes move few decisions
+    assert np.mean(clf.predict(X, fhe="simulate") == clf.predict(X)) >= 0.9
+
+
+@pytest.mark.parametrize("module_params, hidden", [({"module__n_layers": 3}, [24, 16]),
+                                                   ({"module__n_hidden": 5}, [5, 5]),
+                                                   ({"module__n_layers": 2, "module__n_hidden": 7}, [7])], ids=str)
+def test_wide_data_keeps_the_depth_or_widths_a_user_sets(data, module_params, hidden):
+    X, y = data
+    clf = NeuralNetClassifier(max_epochs=1, **module_params).fit(X, y)
+    assert [layer.out_features for layer in clf.module_.linear_layers] == [*hidden, 2]
+    assert clf.get_params()["module__n_layers"] == module_params.get("module__n_layers", 3)
+    assert clf.optimizer_.param_groups[0]["weight_decay"] == 0
+
+
+def test_wide_data_keeps_the_weight_decay_a_user_sets(data):
+    X, y = data
+    clf = NeuralNetClassifier(max_epochs=1, optimizer__weight_decay=0.0).fit(X, y)
+    assert clf.optimizer_.param_groups[0]["weight_decay"] == 0
+    assert [layer.out_features for layer in clf.module_.linear_layers] == [WIDE_NETWORK["n_hidden"], 2]
 
 
 def test_regressor_learns_targets_in_their_units():
