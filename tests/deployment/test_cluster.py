@@ -35,14 +35,26 @@ def worker_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("dask-workers")
 
 
-@pytest.fixture(scope="module")
-def cluster(worker_dir):
+def _local_cluster(worker_dir: Path) -> "distributed.LocalCluster":
     # TMPDIR: concrete-python unpacks the circuit into a temporary folder, which is searched too
-    cluster = distributed.LocalCluster(
+    return distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, local_directory=str(worker_dir),
         env={"TMPDIR": str(worker_dir)}, dashboard_address=None, silence_logs=logging.ERROR)
+
+
+@pytest.fixture(scope="module")
+def cluster(worker_dir):
+    cluster = _local_cluster(worker_dir)
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def own_cluster(worker_dir):
+    """A cluster for one test that kills its workers: under load, a nanny closed after restarting one
+    and the shared cluster stayed at one worker for the tests after it."""
+    with _local_cluster(worker_dir) as cluster, distributed.Client(cluster, set_as_default=False) as client:
+        yield cluster, client
 
 
 @pytest.fixture(scope="module")
@@ -145,28 +157,28 @@ def test_the_service_runs_its_batches_on_the_cluster(saved_classifier, cluster, 
         service.stop()
 
 
-def test_a_worker_lost_during_a_run_costs_only_its_chunks(dask_server, dask_client, fhe_client, classifier, rows):
+def test_a_worker_lost_during_a_run_costs_only_its_chunks(own_cluster, saved_classifier, fhe_client, classifier,
+                                                          rows):
+    _, dask_client = own_cluster
     X = np.tile(rows, (5, 1))  # 40 samples: 4 chunks of 10
     payload, keys = fhe_client.encrypt(X), fhe_client.evaluation_keys()
-    # every worker loads the model and keys first: the chunks then depend on no shipped data,
-    # whose loss with the victim would cancel the survivor's chunks as well
-    dask_server.run(fhe_client.encrypt(X[:4]), keys)
-    assert all(cache["keys"] for cache in dask_client.run(worker_cache_info).values())
-    before = _samples_run(dask_client)
-    try:
+    with Server(saved_classifier, dask=dask_client) as dask_server:
+        # every worker loads the model and keys first: the chunks then depend on no shipped data,
+        # whose loss with the victim would cancel the survivor's chunks as well
+        dask_server.run(fhe_client.encrypt(X[:4]), keys)
+        assert all(cache["keys"] for cache in dask_client.run(worker_cache_info).values())
+        before = _samples_run(dask_client)
         with ThreadPoolExecutor(1) as pool:
             running = pool.submit(dask_server.run, payload, keys)
             victim = _kill_a_worker_running_a_chunk(dask_client)  # its nanny starts another worker
             # certain: the victim died with a chunk of the batch it had not answered
             assert not running.done()
             outputs = running.result(timeout=TIMEOUT)
-        np.testing.assert_array_equal(fhe_client.decrypt(outputs), classifier.predict(X))
-        assert victim not in dask_client.scheduler_info()["workers"]
-        # the living workers ran no sample twice: the survivor's chunks were not run again
-        after = _samples_run(dask_client)
-        assert sum(after[worker] - before.get(worker, 0) for worker in after) <= len(X)
-    finally:
-        dask_client.wait_for_workers(2, timeout=60)
+    np.testing.assert_array_equal(fhe_client.decrypt(outputs), classifier.predict(X))
+    assert victim not in dask_client.scheduler_info()["workers"]
+    # the living workers ran no sample twice: the survivor's chunks were not run again
+    after = _samples_run(dask_client)
+    assert sum(after[worker] - before.get(worker, 0) for worker in after) <= len(X)
 
 
 def _kill_a_worker_running_a_chunk(dask_client, timeout: float = 60.0) -> str:
@@ -202,9 +214,10 @@ def _wait_until_gone(dask_client, worker: str, deadline: float) -> None:
 
 
 @pytest.mark.parametrize("lost_during", ["keys", "artefact"])
-def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, saved_classifier, cluster, dask_client,
-                                                               fhe_client, monkeypatch, rows):
+def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, saved_classifier, own_cluster, fhe_client,
+                                                               monkeypatch, rows):
     """The worker receiving the keys (or then the artefact) dies during the transfer."""
+    cluster, dask_client = own_cluster
     pids = dask_client.run(os.getpid)
     scatter_to_workers = distributed.scheduler.scatter_to_workers  # the scheduler runs in this process
     transfers: list[str] = []
@@ -238,7 +251,6 @@ def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, save
         assert len(transfers) >= 3  # keys, artefact and the one tried again
     finally:
         monkeypatch.undo()
-        dask_client.wait_for_workers(2, timeout=60)
 
 
 def _alive(pid: int) -> bool:
