@@ -163,7 +163,9 @@ def test_a_flood_of_anonymous_uploads_is_bounded(service, honest, key_store_of, 
     with ThreadPoolExecutor(10) as pool:
         answers = list(pool.map(lambda _: _post(service, "/keys", keys)[0], range(10)))
     statuses = sorted(response.status_code for response in answers)
-    assert set(statuses) <= {201, 429, 507}, statuses
+    # 408: under a loaded CI run, reading the one admitted body took longer than the fixture's
+    # 3-s --body-timeout-s; a refusal too, and the slot is freed
+    assert set(statuses) <= {201, 408, 429, 507}, statuses
     assert 429 in statuses  # one upload read at a time
     assert all("Retry-After" in r.headers for r in answers if r.status_code == 429)
     n_clients, _ = key_store_of(service)
