@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from . import affine_bounds
 from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, bit_width
 
 # What a program's values are sized for: "box", every input within the clip box (each
@@ -233,6 +234,9 @@ class BoxBounds:
                 values[name] = grid[:, start : start + size].reshape((-1, *low.shape[1:])) + low
                 start += size
             self.values = values
+        # a box too large to run whole: affine bounds of the inputs, intersected with the interval rules
+        self.affines = affine_bounds.input_affines(program) if self.values is None else {}
+        self.corners = affine_bounds.input_box(program, self.intervals)
 
     def add(self, step: Step) -> Interval:
         """Take ``step``'s output range (its parameters final) and return it."""
@@ -251,8 +255,14 @@ class BoxBounds:
                                     np.maximum(interval[1], read.max(axis=0, keepdims=True)))
                 self.intervals[step.output] = interval
                 return interval
-        self.intervals[step.output] = propagate(step, self.intervals)
-        return self.intervals[step.output]
+        interval = propagate(step, self.intervals)
+        self.intervals[step.output] = interval
+        affine = affine_bounds.propagate(step, self.affines, self.intervals)
+        if affine is not None:
+            self.affines[step.output] = affine
+            interval = affine_bounds.intersect(interval, affine_bounds.concretize(affine, self.corners))
+            self.intervals[step.output] = interval
+        return interval
 
 
 def box_bounds(program, ranges: Sequence[tuple]) -> dict[str, Interval]:
