@@ -76,7 +76,7 @@ def input_affines(program) -> dict[str, Affine]:
     return affines
 
 
-def input_box(program, intervals: dict) -> tuple[np.ndarray, np.ndarray]:
+def box_ends(program, intervals: dict) -> tuple[np.ndarray, np.ndarray]:
     """The box's low and high ends, one per input element, as columns."""
     lows = np.concatenate([intervals[name][0].ravel() for name in program.input_names]).astype(np.float64)
     highs = np.concatenate([intervals[name][1].ravel() for name in program.input_names]).astype(np.float64)
@@ -238,7 +238,7 @@ def lookup_lines(step: TableLookup, low: np.ndarray, high: np.ndarray) -> Option
 
 @affine_rule(TableLookup)
 def _lookup(step: TableLookup, x: Affine, intervals) -> Affine:
-    """Between two parallel lines of the accumulator, whose affine bounds go in by the slope's sign."""
+    """Between two lines of the accumulator, whose affine bounds go in by each slope's sign."""
     (low, high), = intervals
     lines = lookup_lines(step, low, high)
     if lines is None:
@@ -264,7 +264,7 @@ def affine_intervals(program, ranges: Sequence[tuple]) -> dict:
 
     intervals = box(program, ranges)
     affines = input_affines(program)
-    corners = input_box(program, intervals)
+    corners = box_ends(program, intervals)
     for step in program.steps:
         intervals[step.output] = interval_propagate(step, intervals)
         affine = propagate(step, affines, intervals)

@@ -12,7 +12,8 @@ value, arrays with a leading axis of 1) to its output's. Rules are exact for one
 step on a box (each output element reaches its bounds at a corner: positive weights at the
 high end, negative ones at the low end) and sound for the composition (an element's
 interval holds every value it takes on the box, maybe more). A small box is run whole
-instead (``BoxBounds``): exact throughout.
+instead (``BoxBounds``): exact throughout; a larger one also gets affine bounds of the
+inputs (``affine_bounds.py``), which see that neighbouring elements share inputs.
 """
 from __future__ import annotations
 
@@ -217,6 +218,8 @@ class BoxBounds:
     every range is exact: on a 2 -> 6 -> 6 -> 2 ReLU network at 3 bits, the second layer
     spans -22 to 21 (6 bits) over its 64 inputs, and -39 to 33 (7 bits) by intervals.
     A lookup's range holds the entries next to the ones read either way (see ``_lookup``).
+    A larger box intersects each interval with the one its symbolic linear bounds give
+    (``affine_bounds.py``): on TinyCNN's conv2, 30% narrower than by intervals alone.
     """
 
     def __init__(self, program, ranges: Sequence[tuple]):
@@ -236,7 +239,7 @@ class BoxBounds:
             self.values = values
         # a box too large to run whole: affine bounds of the inputs, intersected with the interval rules
         self.affines = affine_bounds.input_affines(program) if self.values is None else {}
-        self.corners = affine_bounds.input_box(program, self.intervals)
+        self.corners = affine_bounds.box_ends(program, self.intervals)
 
     def add(self, step: Step) -> Interval:
         """Take ``step``'s output range (its parameters final) and return it."""
