@@ -18,12 +18,12 @@ by a relative margin far above float64's rounding error before they are made int
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from ..onnx.ops import OPS
-from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup
+from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, step_rules
 
 # beyond this many coefficients for one value (elements x input elements), the value keeps its interval
 MAX_COEFFICIENTS = 1 << 24
@@ -45,19 +45,8 @@ class Affine:
     c_high: np.ndarray
 
 
-AffineRule = Callable[..., Optional[Affine]]
-AFFINE_RULES: dict[type, AffineRule] = {}
-
-
-def affine_rule(*step_types: type) -> Callable[[AffineRule], AffineRule]:
-    """Register how a step turns its inputs' affine bounds into its output's."""
-
-    def register(rule: AffineRule) -> AffineRule:
-        for step_type in step_types:
-            AFFINE_RULES[step_type] = rule
-        return rule
-
-    return register
+# one rule per step type: how its output's affine bounds follow from its inputs'
+AFFINE_RULES, affine_rule = step_rules()
 
 
 def input_affines(program) -> dict[str, Affine]:

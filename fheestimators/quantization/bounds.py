@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
 from . import affine_bounds
-from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, bit_width
+from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, bit_width, step_rules
 
 # What a program's values are sized for: "box", every input within the clip box (each
 # feature of a table within its range in the inputset); or "inputset", the inputset's rows
@@ -33,8 +33,8 @@ from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step,
 # value beyond its range, where FHE wraps around and the three modes disagree.
 SIZING = "box"
 Interval = tuple[np.ndarray, np.ndarray]
-BoundRule = Callable[..., Interval]
-BOUND_RULES: dict[type, BoundRule] = {}
+# one rule per step type: how its output's range follows from its inputs'
+BOUND_RULES, bound_rule = step_rules()
 # a lookup's table is evaluated on at most this many (value, element) pairs at once
 _CHUNK = 1 << 22
 # beyond this many entries (20 bits; FHE reads 16 at most), a table's range is estimated
@@ -52,17 +52,6 @@ def sizing(kind: str) -> Iterator[None]:
         yield
     finally:
         SIZING = saved
-
-
-def bound_rule(*step_types: type) -> Callable[[BoundRule], BoundRule]:
-    """Register how a step turns its inputs' intervals into its output's."""
-
-    def register(rule: BoundRule) -> BoundRule:
-        for step_type in step_types:
-            BOUND_RULES[step_type] = rule
-        return rule
-
-    return register
 
 
 @bound_rule(Shift)

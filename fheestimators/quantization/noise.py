@@ -10,26 +10,15 @@ create such an element.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from .program import IntegerProgram
-from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup
+from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step, TableLookup, step_rules
 
-NoiseRule = Callable[..., np.ndarray]
-NOISE_RULES: dict[type, NoiseRule] = {}
-
-
-def noise_rule(*step_types: type) -> Callable[[NoiseRule], NoiseRule]:
-    """Register how a step turns its inputs' noise variances into its output's."""
-
-    def register(rule: NoiseRule) -> NoiseRule:
-        for step_type in step_types:
-            NOISE_RULES[step_type] = rule
-        return rule
-
-    return register
+# one rule per step type: how its output's noise follows from its inputs'
+NOISE_RULES, noise_rule = step_rules()
 
 
 @noise_rule(Shift)

@@ -244,3 +244,18 @@ def bit_width(low: int, high: int) -> int:
     if low >= 0:
         return max(int(high).bit_length(), 1)
     return max(int(-low - 1).bit_length(), int(high).bit_length()) + 1
+
+
+def step_rules() -> tuple[dict[type, Callable], Callable[..., Callable]]:
+    """A registry of one rule per step type (how an analysis treats it), and the decorator that fills it."""
+    rules: dict[type, Callable] = {}
+
+    def register(*step_types: type) -> Callable[[Callable], Callable]:
+        def add(rule: Callable) -> Callable:
+            for step_type in step_types:
+                rules[step_type] = rule
+            return rule
+
+        return add
+
+    return rules, register
