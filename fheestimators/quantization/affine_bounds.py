@@ -246,18 +246,29 @@ def intersect(a: tuple, b: tuple) -> tuple:
     return np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
 
 
+def tighten(step: Step, intervals: dict, affines: dict[str, Affine], corners: tuple) -> tuple:
+    """``step``'s output interval by the interval rules, intersected with the one its affine bounds
+    give over the box ``corners`` where they are known; both are stored by the output's name."""
+    from .bounds import propagate as interval_propagate
+
+    interval = interval_propagate(step, intervals)
+    intervals[step.output] = interval  # ``propagate`` reads the output's size from it
+    affine = propagate(step, affines, intervals)
+    if affine is not None:
+        affines[step.output] = affine
+        interval = intersect(interval, concretize(affine, corners))
+        intervals[step.output] = interval
+    return interval
+
+
 def affine_intervals(program, ranges: Sequence[tuple]) -> dict:
     """Every value's interval from its affine bounds alone, intersected with the interval rules
     step by step (what ``BoxBounds`` does on a box too large to run whole)."""
-    from .bounds import box, propagate as interval_propagate
+    from .bounds import box
 
     intervals = box(program, ranges)
     affines = input_affines(program)
     corners = box_ends(program, intervals)
     for step in program.steps:
-        intervals[step.output] = interval_propagate(step, intervals)
-        affine = propagate(step, affines, intervals)
-        if affine is not None:
-            affines[step.output] = affine
-            intervals[step.output] = intersect(intervals[step.output], concretize(affine, corners))
+        tighten(step, intervals, affines, corners)
     return intervals

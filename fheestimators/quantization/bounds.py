@@ -247,19 +247,13 @@ class BoxBounds:
                                     np.maximum(interval[1], read.max(axis=0, keepdims=True)))
                 self.intervals[step.output] = interval
                 return interval
-        interval = propagate(step, self.intervals)
-        self.intervals[step.output] = interval
-        affine = affine_bounds.propagate(step, self.affines, self.intervals)
-        if affine is not None:
-            self.affines[step.output] = affine
-            interval = affine_bounds.intersect(interval, affine_bounds.concretize(affine, self.corners))
-            self.intervals[step.output] = interval
-        return interval
+        return affine_bounds.tighten(step, self.intervals, self.affines, self.corners)
 
 
 def box_bounds(program, ranges: Sequence[tuple]) -> dict[str, Interval]:
     """Every input's and step output's range over the box ``ranges`` (see ``box``): exact for a
-    small box (``BoxBounds``), by interval rules otherwise. What a ``QuantizedModule`` is sized for."""
+    small box (``BoxBounds``), by interval rules intersected with symbolic linear bounds otherwise.
+    What a ``QuantizedModule`` is sized for."""
     bounds = BoxBounds(program, ranges)
     for step in program.steps:
         bounds.add(step)

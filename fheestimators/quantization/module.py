@@ -179,7 +179,7 @@ class QuantizedModule:
         if box is not None:
             # the box the program was sized for is what the module clips to; the inputset
             # must give every input the integer type that holds all of it: its ends, if needed
-            q = tuple(np.clip(x, low, high) for x, (low, high) in zip(q, box))
+            q = self._clip(q)
             if _input_ranges(q) != _box_types(box):  # (a tabulated program's inputs are all there)
                 q = tuple(np.concatenate([x, low[None].astype(x.dtype), high[None].astype(x.dtype)])
                           for x, (low, high) in zip(q, box))
