@@ -245,8 +245,7 @@ class FheMixin(EarlyStoppingMixin):
         if self.input_bins is None:
             return None
         if isinstance(self.input_bins, str) and self.input_bins == "auto":
-            mlp = isinstance(self.module, type) and issubclass(self.module, QATMLP)
-            if not (self._auto_bins and mlp and self.n_features_in_ <= FEW_FEATURES):
+            if not (self._auto_bins and self._uses_qatmlp() and self.n_features_in_ <= FEW_FEATURES):
                 return None
             n_bins = int(round(AUTO_BINNED_COMBINATIONS ** (1 / self.n_features_in_)))
             # no more bins than the input bits a user set hold, as signed integers
@@ -354,7 +353,7 @@ class FheMixin(EarlyStoppingMixin):
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
         # the sizes come from the data for QATMLP and its subclasses
-        if prefix == "module" and isinstance(self.module, type) and issubclass(self.module, QATMLP):
+        if prefix == "module" and self._uses_qatmlp():
             params.setdefault("n_inputs", self.n_features_in_)
             params.setdefault("n_outputs", self.n_outputs_)
             binning = getattr(self, "input_binning_", None)
@@ -366,8 +365,13 @@ class FheMixin(EarlyStoppingMixin):
         return params
 
     def _data_defaults(self, prefix: str) -> dict:
-        """Arguments of the module or the optimizer (``prefix``) whose default depends on the data."""
+        """Arguments of the module or the optimizer (``prefix``) whose default this estimator sets,
+        for the data it is fitted on, where the user set none."""
         return {}
+
+    def _uses_qatmlp(self) -> bool:
+        """Whether the module is ``QATMLP`` or a subclass: the arguments set here are its."""
+        return isinstance(self.module, type) and issubclass(self.module, QATMLP)
 
     def torch_compile(self, module, name):
         """torch.compile is not used: ``compile`` here means compiling to FHE."""
@@ -628,8 +632,7 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
             return {}
         given = skorch.NeuralNet.get_params_for(self, "module")
         # a depth or widths the user set keep QATMLP's defaults for the rest, and no weight decay
-        if "n_layers" in given or "n_hidden" in given or not (isinstance(self.module, type)
-                                                              and issubclass(self.module, QATMLP)):
+        if "n_layers" in given or "n_hidden" in given or not self._uses_qatmlp():
             return {}
         if prefix == "module":
             return dict(WIDE_NETWORK)
@@ -723,20 +726,14 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
     def __init__(self, module=QATMLP, *args, criterion=torch.nn.MSELoss, normalize_y: bool = True, **kwargs):
         super().__init__(module, *args, criterion=criterion, normalize_y=normalize_y, **kwargs)
 
-    def _uses_qatmlp(self) -> bool:
-        return isinstance(self.module, type) and issubclass(self.module, QATMLP)
-
     def _module_defaults(self) -> dict:
         defaults = super()._module_defaults()
         if self._uses_qatmlp():
             defaults["module__linear_term"] = LINEAR_TERM
         return defaults
 
-    def get_params_for(self, prefix):
-        params = super().get_params_for(prefix)
-        if prefix == "module" and self._uses_qatmlp():
-            params.setdefault("linear_term", LINEAR_TERM)
-        return params
+    def _data_defaults(self, prefix: str) -> dict:
+        return {"linear_term": LINEAR_TERM} if prefix == "module" and self._uses_qatmlp() else {}
 
     def _initialize_network(self, X: np.ndarray, y: np.ndarray) -> None:
         super()._initialize_network(X, y)
