@@ -27,6 +27,9 @@ from .steps import AddSub, Conv, Index, MatMul, ReduceSum, Reshape, Shift, Step,
 
 # beyond this many coefficients for one value (elements x input elements), the value keeps its interval
 MAX_COEFFICIENTS = 1 << 24
+# beyond this many (rounded value, element) pairs, a lookup is bounded by intervals only: reading
+# longer tables whole costs seconds and gigabytes at compile time (unrounded 8-bit accumulators)
+MAX_LOOKUP_ENTRIES = 1 << 21
 # relative widening of a concretized bound: float64 sums of this size err below 1e-12
 _MARGIN = 1e-9
 
@@ -164,19 +167,27 @@ def _accumulator_bins(step: TableLookup, r: np.ndarray, low: np.ndarray, high: n
 def _bins(step: TableLookup, low: np.ndarray, high: np.ndarray) -> Optional[tuple]:
     """Per rounded value an element can read (leading axis; its last repeated past its count): the
     lowest and highest entry read there (the neighbours' for a bootstrap's mistake too), and the
-    accumulators that round to it. None beyond ``MAX_COEFFICIENTS`` (value, element) pairs."""
+    accumulators that round to it. None beyond ``MAX_LOOKUP_ENTRIES`` (value, element) pairs."""
     from .bounds import rounded_bounds
 
     r_low, r_high = rounded_bounds(step, (low, high))
     unit = 1 << step.lsbs_to_remove
     counts = (r_high - r_low) // unit + 1
     longest = int(counts.max())
-    if longest * low.size > MAX_COEFFICIENTS:
+    if longest * low.size > MAX_LOOKUP_ENTRIES:
         return None
-    k = np.arange(longest).reshape((-1,) + (1,) * (low.ndim - 1))
-    r = np.minimum(r_low + unit * np.minimum(k, counts - 1), r_high)
-    entries = [np.broadcast_to(np.asarray(step.lookup(r + d), dtype=np.float64), r.shape) for d in (-unit, 0, unit)]
-    return (np.minimum.reduce(entries), np.maximum.reduce(entries), *_accumulator_bins(step, r, low, high))
+    shape = (-1,) + (1,) * (low.ndim - 1)
+    # the table read once, a bin beyond either end included; each row then takes its neighbours
+    j = np.arange(longest + 2).reshape(shape)
+    table = np.asarray(step.lookup(r_low + unit * (np.minimum(j, counts + 1) - 1)), dtype=np.float64)
+    table = np.broadcast_to(table, (longest + 2,) + r_low.shape[1:])
+    around = (table[:-2], table[1:-1], table[2:])
+    # past an element's own count, its last row repeats: it changes no extreme
+    k = np.minimum(np.arange(longest).reshape(shape), counts - 1)
+    r = r_low + unit * k
+    f_min, f_max = (np.take_along_axis(np.broadcast_to(reduce(around), (longest,) + r.shape[1:]), k, axis=0)
+                    for reduce in (np.minimum.reduce, np.maximum.reduce))
+    return (f_min, f_max, *_accumulator_bins(step, r, low, high))
 
 
 def _constants(bins: tuple, slope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
