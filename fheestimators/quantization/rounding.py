@@ -112,7 +112,8 @@ def apply_rounding(program: IntegerProgram, calibration: tuple, rounding: Roundi
     # cost 15% more), so the cap is for approximate rounding only
     variances = (noise_variances(program) if parsed is not None and method == "approximate" else None) or {}
     values = dict(zip(program.input_names, calibration))
-    box = bounds.BoxBounds(program, input_ranges) if input_ranges is not None else None
+    # unrounded lookups read their whole accumulator, whatever its range: no bounds to size them by
+    box = bounds.BoxBounds(program, input_ranges) if input_ranges is not None and parsed is not None else None
     intervals = box.intervals if box is not None else None
     for step in program.steps:
         args = [values[name] for name in step.inputs]
