@@ -163,3 +163,15 @@ def test_too_many_coefficients_fall_back_to_intervals(monkeypatch):
     monkeypatch.setattr(affine_bounds, "MAX_COEFFICIENTS", 8 * 6)  # the input's identity fits, conv1's 8 x 7 not
     np.testing.assert_array_equal(affine_bounds.affine_intervals(program, [(0, 15)])["c"][1],
                                   bounds.box_intervals(program, [(0, 15)])["c"][1])
+
+
+def test_a_lookup_too_long_to_read_whole_keeps_its_interval(monkeypatch):
+    program = _overlapping_convolutions()
+    relu = program.table_lookups[0]
+    low, high = np.full((1, 1, 1, 7), -15), np.full((1, 1, 1, 7), 15)  # 31 values for each of 7 elements
+    assert affine_bounds.lookup_lines(relu, low, high) is not None
+    monkeypatch.setattr(affine_bounds, "MAX_LOOKUP_ENTRIES", 31 * 7 - 1)
+    assert affine_bounds.lookup_lines(relu, low, high) is None
+    # past the ReLU, the symbolic bounds are the interval rules' (no line bounds it)
+    np.testing.assert_array_equal(affine_bounds.affine_intervals(program, [(0, 15)])["c"][1],
+                                  bounds.box_intervals(program, [(0, 15)])["c"][1])
