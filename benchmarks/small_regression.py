@@ -9,9 +9,9 @@ nonlinear target with noise). Per data set: R² of ``fhe="simulate"`` and
 splits on which the simulated R² reaches RidgeCV's, the circuit's bootstraps and
 predicted seconds per encrypted sample (``fhe_cost_``), and the fit's seconds.
 
-Run: ``python benchmarks/small_regression.py [--before REF] [--splits N] > results_small_regression.json``
-(``REF``, default ``HEAD``: the code to compare this tree with; about 10 minutes per
-version with 5 splits on 2 cores).
+Run: ``python benchmarks/small_regression.py [--before REF] [--splits N] [--first-split S] [--data NAME ...]
+> results_small_regression.json`` (``REF``, default ``HEAD``: the code to compare this tree with;
+splits seeded S to S + N - 1; about 10 minutes per version with 5 splits on 2 cores).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def summary(values: list) -> dict:
             "per_split": [round(float(v), 4) for v in values]}
 
 
-def run(X: np.ndarray, y: np.ndarray, splits: int) -> dict:
+def run(X: np.ndarray, y: np.ndarray, splits: range) -> dict:
     from sklearn.linear_model import RidgeCV
     from sklearn.metrics import r2_score
     from sklearn.model_selection import train_test_split
@@ -57,7 +57,7 @@ def run(X: np.ndarray, y: np.ndarray, splits: int) -> dict:
 
     scores: dict = {"ridge": [], "simulate": [], "disable": []}
     bootstraps, seconds, fit_s = [], [], []
-    for split in range(splits):
+    for split in splits:
         X_train, X_test, y_train, y_test = train_test_split(X.astype(np.float32), y, test_size=0.25,
                                                             random_state=split)
         ridge = make_pipeline(StandardScaler(), RidgeCV()).fit(X_train, y_train)
@@ -82,13 +82,15 @@ def run(X: np.ndarray, y: np.ndarray, splits: int) -> dict:
     }
 
 
-def one_version(splits: int) -> dict:
+def one_version(splits: range, names: list) -> dict:
     import torch
 
     torch.set_num_threads(1)  # tiny networks train fastest on one thread
     warnings.filterwarnings("ignore")
     results = {}
     for name, (X, y) in data_sets().items():
+        if names and name not in names:
+            continue
         log(name)
         results[name] = run(X, y, splits)
     return results
@@ -98,16 +100,20 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
     parser.add_argument("--splits", type=int, default=5, help="random 25%% test splits per data set")
+    parser.add_argument("--first-split", type=int, default=0, help="seed of the first split (the others follow)")
+    parser.add_argument("--data", nargs="*", default=[], help="only these data sets (default: all five)")
     parser.add_argument("--one-version", action="store_true", help="measure the imported code only")
     args = parser.parse_args(argv)
     if args.one_version:
-        print(json.dumps(one_version(args.splits)))
+        print(json.dumps(one_version(range(args.first_split, args.first_split + args.splits), args.data)))
         return
     from _versions import compare
 
     start = time.perf_counter()
-    results = compare(__file__, ["--splits", str(args.splits)], args.before)
-    results.update(splits=args.splits, machine=machine(), wall_s=round(time.perf_counter() - start, 1))
+    results = compare(__file__, ["--splits", str(args.splits), "--first-split", str(args.first_split),
+                                 "--data", *args.data], args.before)
+    results.update(splits=args.splits, first_split=args.first_split, machine=machine(),
+                   wall_s=round(time.perf_counter() - start, 1))
     print(json.dumps(results, indent=2))
 
 

@@ -125,13 +125,34 @@ def _fold_affine(node: Node, args: list, consts: list, shape: tuple):
 
 
 def _encrypted_add(builder: Builder, node: Node, a: Encrypted, b: Encrypted) -> Encrypted:
-    """Bring both terms to the coarser of their scales (a lookup where needed), then add."""
+    """Add or subtract two encrypted tensors on one scale.
+
+    Two accumulators (the linear regressor's term and its MLP's output): the wider one
+    stays exact and the other is looked up on its scale, one lookup and no rounding of
+    the wider term. Otherwise both go to the coarser of their scales (a lookup where needed).
+    """
+    subtract = node.op_type == "Sub"
+    kept = _exact_term(builder, a, b)
+    if kept is not None:
+        other = b if kept is a else a
+        looked_up = builder.materialize(other, f"{node.name}.{'rhs' if kept is a else 'lhs'}", scale=float(kept.scale))
+        sources = [kept.source, looked_up.source] if kept is a else [looked_up.source, kept.source]
+        out = builder.add(AddSub(node.name, sources, builder.fresh(node.outputs[0]), subtract=subtract))
+        offset = -kept.offset if subtract and kept is b else kept.offset
+        return Encrypted(out, float(kept.scale), offset, origin=node.name)
     scale = max(builder.natural_scale(a), builder.natural_scale(b))
     qa = builder.materialize(a, f"{node.name}.lhs", scale=scale)
     qb = builder.materialize(b, f"{node.name}.rhs", scale=scale)
-    out = builder.add(AddSub(node.name, [qa.source, qb.source], builder.fresh(node.outputs[0]),
-                             subtract=node.op_type == "Sub"))
+    out = builder.add(AddSub(node.name, [qa.source, qb.source], builder.fresh(node.outputs[0]), subtract=subtract))
     return Encrypted(out, scale, 0.0, origin=node.name)
+
+
+def _exact_term(builder: Builder, a: Encrypted, b: Encrypted):
+    """Of two accumulators (affine, one scale each, not requantized), the one of wider range; else None."""
+    if not all(v.affine and not v.quantized and np.ndim(v.scale) == 0 for v in (a, b)):
+        return None
+    # the other's lookup then writes integers no wider than the kept term's, on the rows seen
+    return max((a, b), key=lambda v: float(np.ptp(builder.float_values(v))))
 
 
 def _weights(args: list, node: Node, position: int) -> np.ndarray:

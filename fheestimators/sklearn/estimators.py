@@ -718,7 +718,9 @@ class NeuralNetRegressor(FheMixin, _Targets, skorch.NeuralNetRegressor):
     training, ``fit`` sets the network's linear term to a ridge regression (``RidgeCV``)
     of the targets on all its rows, and the MLP learns what it leaves. On small, mostly
     linear data the network alone, trained on the rows that early stopping does not hold
-    out, falls below the linear model. ``module__linear_term=False`` gives the MLP alone.
+    out, falls below the linear model. In FHE the sum keeps the wider of the two
+    accumulators (the term's, on the benchmarks' data) exact and looks the other up on
+    its scale, one lookup per target. ``module__linear_term=False`` gives the MLP alone.
     """
 
     _float_twin = FloatNeuralNetRegressor

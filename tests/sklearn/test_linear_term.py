@@ -1,4 +1,4 @@
-"""The regressor's linear term: a ridge regression fitted before training, never trained, compiled without lookups."""
+"""The regressor's linear term: a ridge regression fitted before training, never trained, compiled without a lookup."""
 import numpy as np
 import pytest
 import torch
@@ -66,7 +66,11 @@ def test_the_compiled_sum_of_term_and_network_is_exact_at_a_negligible_error_pro
             "module__linear_term_w_bits": 3}
     reg = NeuralNetRegressor(**tiny, max_epochs=1, rounding_threshold_bits=None, global_p_error=1e-5).fit(X, y[:, 0])
     assert np.array_equal(reg.predict(X, fhe="simulate"), reg.predict(X))
-    assert len(reg.fhe_cost_.lookup_bit_widths) > 0  # the network's lookups and the sum's were compiled
+    # the term, the wider of the two, is added as it is: the lookups are the hidden layer's and the network's side
+    lookups = [step.name for step in reg.quantized_module_.program.table_lookups]
+    assert len(lookups) == 2 and not any("linear_term" in name for name in lookups), lookups
+    # its full-width sum is decrypted exactly
+    assert np.array_equal(reg.predict(X[:2], fhe="execute"), reg.predict(X[:2]))
 
 
 def test_a_regressor_saved_without_the_term_loads_without_it(linear_data):
