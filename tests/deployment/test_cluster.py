@@ -213,28 +213,33 @@ def _wait_until_gone(dask_client, worker: str, deadline: float) -> None:
         time.sleep(0.02)
 
 
+def _die_on_receiving_data(dask_worker) -> None:
+    """Make this worker kill itself when data is sent to it, before it answers: a worker lost in
+    the middle of a transfer. The worker kills itself, so no process id is held and reused."""
+    async def update_data(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    dask_worker.handlers["update_data"] = update_data
+
+
 @pytest.mark.parametrize("lost_during", ["keys", "artefact"])
 def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, saved_classifier, own_cluster, fhe_client,
                                                                monkeypatch, rows):
     """The worker receiving the keys (or then the artefact) dies during the transfer."""
     cluster, dask_client = own_cluster
-    pids = dask_client.run(os.getpid)
+    dask_client.wait_for_workers(2, timeout=60)
+    victim, keeper = sorted(dask_client.scheduler_info()["workers"])
+    dask_client.run(_die_on_receiving_data, workers=[victim])
     scatter_to_workers = distributed.scheduler.scatter_to_workers  # the scheduler runs in this process
     transfers: list[str] = []
 
     async def to_a_dying_worker(workers, data, rpc):
         transfers.append(next(iter(data)))
-        if len(transfers) != (1 if lost_during == "keys" else 2):  # keys first, then the artefact
-            return await scatter_to_workers(workers, data, rpc=rpc)
-        # not a worker with the only copy of the keys, which would be shipped again as well
-        holders = cluster.scheduler.tasks[transfers[0]].who_has if lost_during == "artefact" else set()
-        victim = sorted(set(workers) - {worker.address for worker in holders} or workers)[0]
-        os.kill(pids[victim], signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while _alive(pids[victim]):
-            assert time.monotonic() < deadline, "the worker does not die"
-            await asyncio.sleep(0.01)
-        return await scatter_to_workers([victim], data, rpc=rpc)  # the transfer to it fails
+        if len(transfers) == 1:  # the keys: to the victim, or to the keeper so that the victim holds none
+            return await scatter_to_workers([victim if lost_during == "keys" else keeper], data, rpc=rpc)
+        if len(transfers) == 2 and lost_during == "artefact":
+            return await scatter_to_workers([victim], data, rpc=rpc)
+        return await scatter_to_workers(workers, data, rpc=rpc)
 
     monkeypatch.setattr(distributed.scheduler, "scatter_to_workers", to_a_dying_worker)
     # a failing connection to the dead worker fails in seconds, not after the default 30
@@ -249,16 +254,9 @@ def test_a_worker_lost_while_the_data_is_shipped_costs_a_retry(lost_during, save
         for on_cluster, here in zip(fhe_client.decrypt_raw(outputs), fhe_client.decrypt_raw(local), strict=True):
             np.testing.assert_array_equal(on_cluster, here)
         assert len(transfers) >= 3  # keys, artefact and the one tried again
+        _wait_until_gone(dask_client, victim, time.monotonic() + 30)  # it died, not merely timed out
     finally:
         monkeypatch.undo()
-
-
-def _alive(pid: int) -> bool:
-    """Whether the process runs: neither gone nor a zombie (whose sockets are closed)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (FileNotFoundError, ProcessLookupError):
-        return False
 
 
 def _samples_run(dask_client) -> dict[str, int]:
