@@ -1,11 +1,14 @@
-"""TinyCNN compiled with the clip box's values sized by interval rules (before) or by symbolic
-linear bounds intersected with them (after), same run: widths, bootstraps, cost, simulated accuracy.
+"""TinyCNN compiled by two versions of the code, same run: widths, bootstraps, cost, simulated accuracy.
 
-The network and its training are ``tiny_cnn.py``'s (seeds 0 to 3: each its own split); no
-encrypted execution (``tiny_cnn.py`` times it). Reported per version and seed: torch,
-``disable`` and ``simulate`` accuracy on the 450 test images (``simulate``: mean over
-``RANDOM_STATES`` draws of the bootstraps' mistakes), each lookup input's bit-width over the
-box, the circuit's largest bit-width, bootstraps, complexity and compile seconds.
+First written for the clip box's values sized by interval rules (before) or by symbolic
+linear bounds intersected with them (after); it serves any change to the TinyCNN's
+compilation. The network and its training are ``tiny_cnn.py``'s (seeds 0 to 3: each its
+own split); no encrypted execution (``tiny_cnn.py`` times it). Reported per version and
+seed: torch, ``disable`` and ``simulate`` accuracy on the 450 test images (``simulate``:
+mean over ``RANDOM_STATES`` draws of the bootstraps' mistakes), each lookup input's
+bit-width over the box, the circuit's largest bit-width, bootstraps, complexity, the cost
+model's seconds per sample, the ``p_error`` the circuit was compiled at (the user's is 0.1)
+and compile seconds.
 
 Run: ``python benchmarks/tight_bounds.py [--before REF] > benchmarks/results_tight_bounds.json``
 """
@@ -61,6 +64,8 @@ def one_version(weights_dir: str) -> dict:
         result["max_bit_width"] = int(circuit.graph.maximum_integer_bit_width())
         result["programmable_bootstraps"] = int(circuit.programmable_bootstrap_count)
         result["complexity"] = float(circuit.statistics["complexity"])
+        result["predicted_s_per_sample"] = round(module.cost().seconds_per_sample, 2)
+        result["p_error_compiled"] = module._compile_inputs[2]["p_error"]
         result["load_average_1min"] = round(os.getloadavg()[0], 2)
         log(f"seed {seed}: {result}")
         results[f"seed{seed}"] = result

@@ -6,7 +6,8 @@ torch for 150 epochs (seeded) on a 75/25 split of ``load_digits`` (450 test imag
 network is trained once and its weights shared by both versions, which compile it with the
 user's call ``compile_torch_model(net, x_train, rounding_threshold_bits=6, p_error=0.1)``.
 Reported per version: torch, ``disable`` and ``simulate`` accuracy on the 450 test images,
-bootstraps, the bootstrap keys' parameters, compile and key generation seconds, and the
+bootstraps, the bootstrap keys' parameters, the cost model's seconds per sample, the
+``p_error`` the circuit was compiled at, compile and key generation seconds, and the
 median seconds per encrypted sample (after one untimed run).
 
 Run: ``python benchmarks/tiny_cnn.py [--before REF] > benchmarks/results_tiny_cnn.json``
@@ -110,6 +111,8 @@ def one_version(weights: str) -> dict:
          "level": key.level(), "base_log": key.base_log(), "bootstraps": int(count)}
         for key, count in statistics["programmable_bootstrap_count_per_parameter"].items()]
     result["complexity"] = float(statistics["complexity"])
+    result["predicted_s_per_sample"] = round(module.cost().seconds_per_sample, 2)
+    result["p_error_compiled"] = module._compile_inputs[2]["p_error"]
     result["evaluation_keys_mb"] = round((circuit.size_of_bootstrap_keys + circuit.size_of_keyswitch_keys) / 2**20, 1)
     result["max_bit_width"] = int(circuit.graph.maximum_integer_bit_width())
     start = time.perf_counter()
