@@ -269,18 +269,21 @@ MORE_PRECISE_MAX_SECONDS = 1.1
 # each try divides the error probability by this, at most this many times
 MORE_PRECISE_STEP = 2.0
 MORE_PRECISE_TRIES = 2
+# below this, a halving narrows the noise by 8% or less (it is 16% from 0.1 to 0.05): not worth two compiles
+MORE_PRECISE_MIN_P_ERROR = 0.01
 
 
 def _more_precise(module: QuantizedModule, arrays, p_error, inputs_encryption_status) -> None:
     """Compile again at ``p_error / MORE_PRECISE_STEP`` (and so on) while the cost model predicts at
     most ``MORE_PRECISE_MAX_SECONDS`` times the seconds per sample at ``p_error``; keep the last such.
 
-    Only for a ``p_error`` the user gave and approximately rounded lookups: there the bootstrap's
-    noise moves a read to the neighbouring entry for about ``0.8 * sigma`` of the lookups (24% at
-    ``p_error=0.1``), not ``p_error`` of them, and a lower ``p_error`` narrows ``sigma``.
+    Only for a ``p_error`` the user gave (``MORE_PRECISE_MIN_P_ERROR`` or more) and approximately
+    rounded lookups: there the bootstrap's noise moves a read to the neighbouring entry for about
+    ``0.8 * sigma`` of the lookups (24% at ``p_error=0.1``), not ``p_error`` of them, and a lower
+    ``p_error`` narrows ``sigma``.
     """
-    if p_error is None or not any(step.lsbs_to_remove and step.exactness == "approximate"
-                                  for step in module.program.table_lookups):
+    approximate = any(step.lsbs_to_remove and step.exactness == "approximate" for step in module.program.table_lookups)
+    if p_error is None or p_error < MORE_PRECISE_MIN_P_ERROR or not approximate:
         return
     configuration = module._compile_inputs[1]
     budget = MORE_PRECISE_MAX_SECONDS * module.cost().seconds_per_sample
@@ -343,8 +346,8 @@ def compile_torch_model(
         Print the MLIR / the per-layer report.
     p_error, global_p_error : float, optional
         Error probability of one bootstrap / of the whole circuit (give at most one).
-        ``p_error`` is a cap: without a configuration, a network of 2 lookup layers or
-        more with approximately rounded lookups is compiled again at ``p_error / 2`` and
+        A ``p_error`` of 0.01 or more is a cap: without a configuration, a network of 2
+        lookup layers or more with approximately rounded lookups is compiled again at ``p_error / 2`` and
         ``/ 4``, each kept if predicted at most 10% slower per sample than at ``p_error``
         (approximate rounding reads the neighbouring entry far more often than
         ``p_error``; a lower one narrows the noise). ``module.fhe_circuit.p_error`` is

@@ -65,17 +65,18 @@ def test_default_keys_are_the_cheaper_grouping(bits, rounding, per_norm):
     assert seconds <= 0.8 * baseline if per_norm else seconds == baseline
 
 
-@pytest.mark.parametrize("budget, kept", [(0.0, 0.1), (100.0, 0.025)])
-def test_a_lower_p_error_is_kept_only_within_the_cost_budget(monkeypatch, budget, kept):
+@pytest.mark.parametrize("budget, p_error, kept", [(0.0, 0.1, 0.1), (100.0, 0.1, 0.025), (100.0, 0.005, 0.005)])
+def test_a_lower_p_error_is_kept_only_within_the_cost_budget(monkeypatch, budget, p_error, kept):
     """With approximate rounding, the user's p_error is a cap: each halving is kept while predicted at
-    most MORE_PRECISE_MAX_SECONDS times the user's seconds per sample (0: never; 100: both tries)."""
+    most MORE_PRECISE_MAX_SECONDS times the user's seconds per sample (0: never; 100: both tries);
+    below MORE_PRECISE_MIN_P_ERROR nothing is tried."""
     from fheestimators.torch import compile as door
 
     monkeypatch.setattr(door, "MORE_PRECISE_MAX_SECONDS", budget)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     x = torch.randn(100, 2).numpy()
-    module = compile_torch_model(model, x, n_bits=4, rounding_threshold_bits=3, p_error=0.1)
+    module = compile_torch_model(model, x, n_bits=4, rounding_threshold_bits=3, p_error=p_error)
     assert any(step.lsbs_to_remove for step in module.program.table_lookups)
     assert module._compile_inputs[2]["p_error"] == kept
     assert module.fhe_circuit.p_error <= kept + 1e-12
