@@ -239,7 +239,8 @@ PER_NORM_MAX_SECONDS = 0.8
 def _compile_cheaper(module: QuantizedModule, arrays, configuration, artifacts, show_mlir, p_error,
                      global_p_error, verbose, inputs_encryption_status) -> QuantizedModule:
     """``_compile``; without a user's ``configuration``, the circuit is compiled again with keys per
-    norm group (``per_norm_configuration``) and that one kept if predicted much faster.
+    norm group (``per_norm_configuration``) and that one kept if predicted much faster, then at a
+    lower ``p_error`` where that costs little (``_more_precise``).
 
     With keys per bit-width only, every lookup of a bit-width pays for the most precise
     one: those whose outputs feed the exact output layer. With few lookups, the extra keys
