@@ -250,18 +250,26 @@ def _compile_cheaper(module: QuantizedModule, arrays, configuration, artifacts, 
              inputs_encryption_status)
     if configuration is not None or len(module.program.table_lookups) < 2:
         return module
-    kept = module.fhe_circuit, module._compile_inputs, module.cost().seconds_per_sample
     # the MLIR and the report are those of the circuit above: only the keys differ
-    try:
-        module.compile(arrays, configuration=per_norm_configuration(), p_error=p_error,
-                       global_p_error=global_p_error, inputs_encryption_status=inputs_encryption_status)
-        faster = module.cost().seconds_per_sample <= PER_NORM_MAX_SECONDS * kept[2]
-    except (ValueError, RuntimeError):  # no parameters for some group: the circuit above stands
-        faster = False
-    if not faster:
-        module.fhe_circuit, module._compile_inputs = kept[0], kept[1]
+    _kept_if_within(module, arrays, PER_NORM_MAX_SECONDS * module.cost().seconds_per_sample,
+                    configuration=per_norm_configuration(), p_error=p_error, global_p_error=global_p_error,
+                    inputs_encryption_status=inputs_encryption_status)
     _more_precise(module, arrays, p_error, inputs_encryption_status)
     return module
+
+
+def _kept_if_within(module: QuantizedModule, arrays, seconds: float, **settings) -> bool:
+    """Compile ``module`` again with ``settings``; keep that circuit if the cost model predicts at most
+    ``seconds`` per sample, else restore the one before. Whether it was kept."""
+    before = module.fhe_circuit, module._compile_inputs
+    try:
+        module.compile(arrays, **settings)
+        if module.cost().seconds_per_sample <= seconds:
+            return True
+    except (ValueError, RuntimeError):  # no parameters for these settings: the circuit before stands
+        pass
+    module.fhe_circuit, module._compile_inputs = before
+    return False
 
 
 # a user's p_error is a cap: approximately rounded lookups misread far more often than it (design
@@ -291,15 +299,8 @@ def _more_precise(module: QuantizedModule, arrays, p_error, inputs_encryption_st
     candidate = p_error
     for _ in range(MORE_PRECISE_TRIES):
         candidate /= MORE_PRECISE_STEP
-        kept = module.fhe_circuit, module._compile_inputs
-        try:
-            module.compile(arrays, configuration=configuration, p_error=candidate,
-                           inputs_encryption_status=inputs_encryption_status)
-            cheap = module.cost().seconds_per_sample <= budget
-        except (ValueError, RuntimeError):  # no parameters at this error probability
-            cheap = False
-        if not cheap:
-            module.fhe_circuit, module._compile_inputs = kept
+        if not _kept_if_within(module, arrays, budget, configuration=configuration, p_error=candidate,
+                               inputs_encryption_status=inputs_encryption_status):
             return
 
 
