@@ -7,6 +7,7 @@ temporary git worktree, runs ``script --one-version`` once with each version fir
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -31,6 +32,16 @@ def run_version(script: str, argv: Sequence[str], source: Path, label: str) -> d
     done = subprocess.run([sys.executable, script, "--one-version", *argv], env=env, stdout=subprocess.PIPE,
                           check=True, text=True)
     return json.loads(done.stdout)
+
+
+def parser(description: str, **one_version) -> argparse.ArgumentParser:
+    """A benchmark's command line: ``--before REF`` (what ``compare`` measures this tree against) and
+    ``--one-version`` (a flag by default; ``one_version`` gives other argparse settings, e.g. a value)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
+    parser.add_argument("--one-version", **(one_version or {"action": "store_true",
+                                                            "help": "measure the imported code only"}))
+    return parser
 
 
 def compare(script: str, argv: Sequence[str], before: str) -> dict:

@@ -13,7 +13,6 @@ version on 2 cores).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine  # noqa: E402
+from _versions import compare, parser as versions_parser  # noqa: E402
 
 SPLITS = 3
 FRESH_POINTS_PER_SEED = 30_000
@@ -104,15 +104,11 @@ def one_version() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
-    parser.add_argument("--one-version", action="store_true", help="measure the imported code only")
+    parser = versions_parser(__doc__)
     args = parser.parse_args(argv)
     if args.one_version:
         print(json.dumps(one_version()))
         return
-    from _versions import compare
-
     results = compare(__file__, [], args.before)
     results["machine"] = machine()
     print(json.dumps(results, indent=2))

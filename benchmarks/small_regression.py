@@ -15,7 +15,6 @@ splits seeded S to S + N - 1; about 10 minutes per version with 5 splits on 2 co
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine  # noqa: E402
+from _versions import compare, parser as versions_parser  # noqa: E402
 
 
 def data_sets() -> dict:
@@ -97,18 +97,14 @@ def one_version(splits: range, names: list) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
+    parser = versions_parser(__doc__)
     parser.add_argument("--splits", type=int, default=5, help="random 25%% test splits per data set")
     parser.add_argument("--first-split", type=int, default=0, help="seed of the first split (the others follow)")
     parser.add_argument("--data", nargs="*", default=[], help="only these data sets (default: all five)")
-    parser.add_argument("--one-version", action="store_true", help="measure the imported code only")
     args = parser.parse_args(argv)
     if args.one_version:
         print(json.dumps(one_version(range(args.first_split, args.first_split + args.splits), args.data)))
         return
-    from _versions import compare
-
     start = time.perf_counter()
     results = compare(__file__, ["--splits", str(args.splits), "--first-split", str(args.first_split),
                                  "--data", *args.data], args.before)

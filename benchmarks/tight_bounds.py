@@ -14,7 +14,6 @@ Run: ``python benchmarks/tight_bounds.py [--before REF] > benchmarks/results_tig
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny_cnn  # noqa: E402
 from _measure import log, machine  # noqa: E402
+from _versions import compare, parser as versions_parser  # noqa: E402
 
 SEEDS = (0, 1, 2, 3)
 RANDOM_STATES = 6
@@ -73,15 +73,11 @@ def one_version(weights_dir: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
-    parser.add_argument("--one-version", metavar="WEIGHTS_DIR", help="measure the imported code on these weights")
+    parser = versions_parser(__doc__, metavar="WEIGHTS_DIR", help="measure the imported code on these weights")
     args = parser.parse_args(argv)
     if args.one_version:
         print(json.dumps(one_version(args.one_version)))
         return
-    from _versions import compare
-
     with tempfile.TemporaryDirectory(prefix="tight-bounds-") as tmp:
         for seed in SEEDS:
             tiny_cnn.SEED = seed

@@ -15,7 +15,6 @@ Run: ``python benchmarks/tiny_cnn.py [--before REF] > benchmarks/results_tiny_cn
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine  # noqa: E402
+from _versions import compare, parser as versions_parser  # noqa: E402
 
 EPOCHS = 150
 SEED = 0
@@ -134,15 +134,11 @@ def one_version(weights: str) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
-    parser.add_argument("--one-version", metavar="WEIGHTS", help="measure the imported code on these weights only")
+    parser = versions_parser(__doc__, metavar="WEIGHTS", help="measure the imported code on these weights only")
     args = parser.parse_args(argv)
     if args.one_version:
         print(json.dumps(one_version(args.one_version)))
         return
-    from _versions import compare
-
     with tempfile.TemporaryDirectory(prefix="tiny-cnn-") as tmp:
         weights = str(Path(tmp) / "tiny_cnn.pt")
         start = time.perf_counter()

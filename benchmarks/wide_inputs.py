@@ -18,7 +18,6 @@ this tree and times their encrypted samples in turn.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine  # noqa: E402
+from _versions import compare, parser as versions_parser  # noqa: E402
 
 SPLITS = 5
 TIMED_SAMPLES = 5
@@ -148,9 +148,7 @@ def one_version() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="HEAD", help="git ref of the code to compare with (default: HEAD)")
-    parser.add_argument("--one-version", action="store_true", help="measure the imported code only")
+    parser = versions_parser(__doc__)
     parser.add_argument("--interleaved", type=int, metavar="ROUNDS",
                         help="instead: time both networks' encrypted samples in turn, ROUNDS pairs (this tree only)")
     args = parser.parse_args(argv)
@@ -158,8 +156,6 @@ def main(argv=None) -> None:
         result = one_version() if args.one_version else {**interleaved(args.interleaved), "machine": machine()}
         print(json.dumps(result))
         return
-    from _versions import compare
-
     results = compare(__file__, [], args.before)
     results["machine"] = machine()
     print(json.dumps(results, indent=2))
