@@ -47,6 +47,10 @@ def parser(description: str, **one_version) -> argparse.ArgumentParser:
 def compare(script: str, argv: Sequence[str], before: str) -> dict:
     """``{"before": {...}, "after": {...}}``: the benchmark on git ref ``before`` and on this tree."""
     commit = git("rev-parse", "--verify", f"{before}^{{commit}}")
+    # the tree as the run starts: edits made while it runs are not what it measured
+    after = git("rev-parse", "HEAD")
+    if git("status", "--porcelain", "--untracked-files=no"):
+        after += " + uncommitted changes"
     with tempfile.TemporaryDirectory(prefix="fheestimators-before-") as tmp:
         worktree = Path(tmp) / "before"
         git("worktree", "add", "--detach", str(worktree), commit)
@@ -55,8 +59,5 @@ def compare(script: str, argv: Sequence[str], before: str) -> dict:
                        "after": run_version(script, argv, ROOT, "after")}
         finally:
             git("worktree", "remove", "--force", str(worktree))
-    after = git("rev-parse", "HEAD")
-    if git("status", "--porcelain", "--untracked-files=no"):
-        after += " + uncommitted changes"
     results["versions"] = {"before": commit, "after": after}
     return results
