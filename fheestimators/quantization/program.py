@@ -75,7 +75,7 @@ class IntegerProgram:
             args = [values[name] for name in step.inputs]
             if backend == "fhe":
                 values[step.output] = _traced(step, args, self.value_bounds.get(step.output))
-            elif round_lookup is not None and isinstance(step, TableLookup):
+            elif round_lookup is not None and isinstance(step, TableLookup) and step.constant is None:
                 values[step.output] = step.read(round_lookup(step, step.spread(np.asarray(args[0], dtype=np.int64))))
             else:
                 values[step.output] = step.numpy(*args)
@@ -117,6 +117,9 @@ class IntegerProgram:
             step.spread_bounds = span(spread_bounds(step, source))
             step.input_bounds = span(rounded_bounds(step, source))
             step.output_bounds = self.value_bounds[step.output]
+            low, high = intervals[step.output]
+            # a table of one value per element over the box (saturated neurons): no bootstrap
+            step.constant = np.array(low) if np.array_equal(low, high) else None
 
     def step_bit_widths(self, *q_inputs) -> list[tuple[Step, int]]:
         """Each step with the bit-width of its output on a data set, or over the input box when

@@ -156,6 +156,9 @@ class TableLookup(Step):
     #: ``gain * x`` can be, which would make concrete-python carry the spread value on more
     #: bits and scale it up before rounding, its noise with it
     offset: np.ndarray = None
+    #: per element (leading axis of 1), the one value the table gives for every input the box
+    #: allows (``IntegerProgram.size_for_box``): the lookup then costs no bootstrap
+    constant: np.ndarray = None
 
     @property
     def tag(self) -> str:
@@ -208,9 +211,15 @@ class TableLookup(Step):
         return np.take_along_axis(table, (rounded - low) // unit, axis=0)
 
     def numpy(self, x):
+        if self.constant is not None:
+            return np.broadcast_to(self.constant, (len(x), *self.constant.shape[1:])).copy()
         return self.read(self.rounded(np.asarray(x, dtype=np.int64)))
 
     def fhe(self, x):
+        if self.constant is not None:
+            # a fresh encryption, not x * 0: that would tie the value to x's bit-width; and
+            # concrete-python 2.11 cannot compile a rounded lookup of one negative value
+            return fhe.zeros(x.shape) + np.broadcast_to(self.constant, x.shape)
         if self.offset is not None and self.gain is not None:
             x = (x + self.offset) * self.gain + ((0 if self.shift is None else self.shift) - self.gain * self.offset)
         else:

@@ -137,3 +137,26 @@ def test_conv_reads_matches_one_element_at_a_time():
     reads = conv_reads(conv, shape)
     np.testing.assert_array_equal(reads.ravel(), brute)
     assert 0 < reads.sum() < size
+
+
+def test_a_layer_saturated_over_the_whole_box_is_a_constant_and_compiles_rounded():
+    # every first-layer neuron saturates on any input the module accepts: its table is one
+    # negative number, which concrete-python 2.11 fails to compile once rounded (an MLIR parse error)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 5), torch.nn.ReLU(),
+                              torch.nn.Linear(5, 2))
+    with torch.no_grad():
+        net[0].bias[:] = -50.0
+    x = np.random.default_rng(0).uniform(-1, 1, (200, 4)).astype(np.float32)
+    module = compile_torch_model(net, x, n_bits=6, rounding_threshold_bits=4, p_error=1e-9)
+    saturated, live = module.program.table_lookups
+    assert saturated.constant is not None and np.all(saturated.constant < 0)
+    assert live.constant is None
+    assert module.fhe_circuit.programmable_bootstrap_count == live.n_elements
+    clear = module.forward(x[:3])
+    np.testing.assert_array_equal(module.forward(x[:3], fhe="simulate"), clear)
+    np.testing.assert_array_equal(module.forward(x[:3], fhe="execute"), clear)
+    # the network is constant (its first layer is): so is the module, near torch's value
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(module.forward(x), expected, atol=0.05)
