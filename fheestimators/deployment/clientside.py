@@ -50,11 +50,11 @@ class ClientModel:
         """The clear ends of an estimator, a ``QuantizedModule``, or a ``Pipeline`` ending with either."""
         leading, final = preprocessing.split(model)
         module = _quantized_module(final)
-        binning = getattr(final, "input_binning_", None)
-        if binning is not None:  # the estimator's learned input bins run on the client too
+        transform = getattr(final, "input_transform_", None)  # an estimator's bins or scaling run on the client too
+        if transform is not None:
             from sklearn.pipeline import Pipeline
 
-            leading = binning if leading is None else Pipeline([("preprocessing", leading), ("input_bins", binning)])
+            leading = transform if leading is None else Pipeline([("preprocessing", leading), ("input", transform)])
         kind = "module"
         classes, y_is_1d = None, False
         if hasattr(final, "quantized_module_"):

@@ -23,6 +23,7 @@ from ..quantization.tabulate import narrowed_outputs
 from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_advice
 from .binning import fit_binning
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
+from .input_scaling import ScaledInputs
 from .linear_term import fit_linear_term
 from .pruning import PruneWeights
 from .qat_module import QATMLP
@@ -92,7 +93,7 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class FheMixin(EarlyStoppingMixin):
+class FheMixin(ScaledInputs, EarlyStoppingMixin):
     """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
 
     Holds the settings both estimators share; each sets its own default ``criterion``.
@@ -118,6 +119,7 @@ class FheMixin(EarlyStoppingMixin):
         global_p_error=None,
         random_state=None,
         input_bins="auto",
+        scale_inputs=True,
         **kwargs,
     ):
         # skorch feeds the same batches every epoch unless told to shuffle
@@ -130,6 +132,7 @@ class FheMixin(EarlyStoppingMixin):
         self.global_p_error = global_p_error
         self.random_state = random_state
         self.input_bins = input_bins
+        self.scale_inputs = scale_inputs
         # skorch's ``compile`` (torch.compile) flag would hide our ``compile`` method
         vars(self).pop("compile", None)
 
@@ -221,9 +224,11 @@ class FheMixin(EarlyStoppingMixin):
         self._record_data_range(X, reset=restart)
         if restart:
             self.input_binning_ = self._fit_input_binning(X, y)
+            # bins are indices whatever the feature's scale: only values need scaling
+            self.input_scaler_ = self._fit_input_scaler(X) if self.input_binning_ is None else None
         # checked before training, not after; once the bins are known, since they set the default p_error
         settings = self._compile_settings()
-        X = self._binned(X)
+        X = self._network_input(X)
         self._resolve_early_stopping(len(X), fresh=restart)
         with self._torch_seed(), _one_torch_thread():
             if restart:
@@ -264,10 +269,19 @@ class FheMixin(EarlyStoppingMixin):
         n_classes = self.n_outputs_ if self._auto_bins else None
         return fit_binning(X, y if n_classes is not None else y.astype(np.float64), n_bins, n_classes)
 
-    def _binned(self, X: np.ndarray) -> np.ndarray:
-        """``X`` as the network reads it: each feature's bin index when ``fit`` learnt bins."""
+    def _network_input(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as the network reads it: each feature's bin index when ``fit`` learnt bins,
+        else each feature standardized (``scale_inputs``)."""
         binning = getattr(self, "input_binning_", None)
-        return X if binning is None else binning.transform(X).astype(np.float32)
+        return self._scaled(X) if binning is None else binning.transform(X).astype(np.float32)
+
+    @property
+    def input_transform_(self):
+        """The fitted per-feature transform applied in the clear before quantization:
+        ``input_binning_``, ``input_scaler_`` or None. A client applies it too."""
+        check_is_fitted(self, "quantized_module_")
+        binning = getattr(self, "input_binning_", None)
+        return binning if binning is not None else getattr(self, "input_scaler_", None)
 
     def _record_data_range(self, X: np.ndarray, reset: bool) -> None:
         """Per feature, the lowest and highest training value: ``data_min_`` and ``data_max_``."""
@@ -423,7 +437,7 @@ class FheMixin(EarlyStoppingMixin):
         X = self._check_X(X)
         self._warn_if_far_from_training(X)
         settings = self._compile_settings(configuration, p_error, global_p_error, rounding_threshold_bits)
-        return self._compile(self._binned(X), settings, verbose=verbose)
+        return self._compile(self._network_input(X), settings, verbose=verbose)
 
     def _warn_if_far_from_training(self, X: np.ndarray) -> None:
         if not hasattr(self, "data_min_"):
@@ -511,7 +525,7 @@ class FheMixin(EarlyStoppingMixin):
     def _fhe_forward(self, X, fhe: str) -> np.ndarray:
         check_is_fitted(self, "quantized_module_")
         mode = FheMode.parse(fhe)
-        X = self._binned(self._check_X(X))
+        X = self._network_input(self._check_X(X))
         execute = mode is FheMode.EXECUTE
         if execute and not self._has_keys():
             logger.info("generating FHE keys for %s (done once: the circuit keeps them)", type(self).__name__)
@@ -590,6 +604,11 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
         small table lookup per class (tabulation): about ten times faster, with keys a
         fifth the size. "auto" bins data of 2 features or fewer (8 bins each; 64 for
         one feature); None never bins. The client applies the bins in the clear.
+    scale_inputs : bool, default=True
+        Unless it reads bins, the network reads each feature standardized to mean 0
+        and variance 1 (``input_scaler_``, learned by ``fit``), so that its one input
+        quantizer serves features of any scale; the client scales in the clear, at no
+        cost in FHE. False feeds the values as they are.
     classes : array-like, optional
         All labels, if ``y`` may not show every one of them.
     **kwargs :
@@ -612,6 +631,9 @@ class NeuralNetClassifier(FheMixin, _ClassLabels, skorch.NeuralNetClassifier):
     input_binning_ : sklearn.preprocessing.KBinsDiscretizer or None
         The learned bins (``input_bins``), applied to every ``X`` before the network;
         ``quantized_module_`` takes the bin indices.
+    input_scaler_ : sklearn.preprocessing.StandardScaler or None
+        Each feature's mean and spread (``scale_inputs``), applied to every ``X`` before
+        the network when it reads values, not bins.
 
     Examples
     --------

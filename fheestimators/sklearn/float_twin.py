@@ -9,6 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .input_scaling import ScaledInputs
 from .linear_term import fit_linear_term
 from .qat_module import layer_widths
 from .schedule import OneCycle
@@ -63,9 +64,13 @@ class FloatMLP(nn.Module):
         return [m for m in self.layers if isinstance(m, nn.Linear)]
 
 
-class _FloatTwin(EarlyStoppingMixin):
-    """What both twins share: the FHE estimators' data handling and learning-rate schedule,
-    so that only quantization differs."""
+class _FloatTwin(ScaledInputs, EarlyStoppingMixin):
+    """What both twins share: the FHE estimators' data handling (``scale_inputs`` included)
+    and learning-rate schedule, so that only quantization differs."""
+
+    def __init__(self, *args, scale_inputs: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale_inputs = scale_inputs
 
     def get_default_callbacks(self):
         defaults = scoring_the_network(super().get_default_callbacks())
@@ -74,8 +79,9 @@ class _FloatTwin(EarlyStoppingMixin):
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``; returns ``self``."""
         X, y = self._training_data(X, y, reset=True)
+        self.input_scaler_ = self._fit_input_scaler(X)
         self._resolve_early_stopping(len(X), fresh=True)
-        return super().fit(X, y, **fit_params)
+        return super().fit(self._scaled(X), y, **fit_params)
 
 
 class FloatNeuralNetClassifier(_FloatTwin, _ClassLabels, skorch.NeuralNetClassifier):
@@ -88,7 +94,7 @@ class FloatNeuralNetClassifier(_FloatTwin, _ClassLabels, skorch.NeuralNetClassif
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, in the order of ``classes_``."""
         check_is_fitted(self)
-        return super().predict_proba(validate_data(self, X, reset=False, dtype=np.float32))
+        return super().predict_proba(self._scaled(validate_data(self, X, reset=False, dtype=np.float32)))
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels."""
@@ -106,6 +112,8 @@ class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``, its linear term first; returns ``self``."""
         X, y = self._training_data(X, y, reset=True)
+        self.input_scaler_ = self._fit_input_scaler(X)
+        X = self._scaled(X)
         self._resolve_early_stopping(len(X), fresh=True)
         if not self.warm_start or not self.initialized_:  # as skorch's fit
             self.initialize()
@@ -115,5 +123,5 @@ class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
     def predict(self, X) -> np.ndarray:
         """Predicted values, shaped like the ``y`` of ``fit``."""
         check_is_fitted(self)
-        values = super().predict(validate_data(self, X, reset=False, dtype=np.float32))
+        values = super().predict(self._scaled(validate_data(self, X, reset=False, dtype=np.float32)))
         return self._shaped(self._target_units(values))

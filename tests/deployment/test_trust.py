@@ -164,7 +164,7 @@ def _tiny_keyswitch_noise(specs: dict) -> None:
 
 
 def _tiny_input_noise(specs: dict) -> None:
-    specs["circuits"][0]["inputs"][0]["typeInfo"]["lweCiphertext"]["encryption"]["variance"] = 1e-36
+    specs["circuits"][0]["inputs"][0]["typeInfo"]["lweCiphertext"]["encryption"]["variance"] = 1e-40
 
 
 def _tiny_bootstrap_noise(specs: dict) -> None:
@@ -174,7 +174,7 @@ def _tiny_bootstrap_noise(specs: dict) -> None:
 WEAKENINGS = {
     "tiny LWE dimension": (_tiny_lwe_key, "LWE dimension of secret key 1 is 64, the minimum is 450"),
     "keyswitch noise": (_tiny_keyswitch_noise, "noise variance of keyswitch key 0 is 1e-20 .* the minimum is"),
-    "input noise": (_tiny_input_noise, "noise variance of the encryption of input 0 .* is 1e-36"),
+    "input noise": (_tiny_input_noise, "noise variance of the encryption of input 0 .* is 1e-40"),
     "bootstrap noise": (_tiny_bootstrap_noise, "noise variance of bootstrap key 0 is 0 "),
 }
 

@@ -49,8 +49,8 @@ def test_regressor_trains_around_a_fixed_ridge_term_and_compiles_it(linear_data)
     X, y, _ = linear_data
     y = y[:, 0]
     reg = NeuralNetRegressor(**SMALL, max_epochs=1).fit(X, y)
-    # training leaves the term at ridge's fit of the normalized targets, on all the rows
-    ridge = RidgeCV(alphas=ALPHAS).fit(X, (y - y.mean()) / y.std())
+    # training leaves the term at ridge's fit of the normalized targets, on all the rows as the network reads them
+    ridge = RidgeCV(alphas=ALPHAS).fit(reg.input_scaler_.transform(X), (y - y.mean()) / y.std())
     assert reg.module_.linear_term_layer.weight.numpy().ravel() == pytest.approx(ridge.coef_, abs=1e-4)
     # one epoch of the network alone is far from the target; with the term, the circuit is close to it
     plain = NeuralNetRegressor(**SMALL, max_epochs=1, module__linear_term=False).fit(X, y)
