@@ -553,6 +553,7 @@ class FheMixin(ScaledInputs, EarlyStoppingMixin):
     def __setstate__(self, state):
         module_state = state.pop("_fhe_module_state_", None)
         recompile = state.pop("_fhe_recompile_", False)
+        state.setdefault("scale_inputs", False)  # saved before scaling existed: trained on the values as they are
         super().__setstate__(state)
         if module_state is not None:
             self.initialize_module()

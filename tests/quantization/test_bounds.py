@@ -211,9 +211,12 @@ def test_an_estimator_simulates_every_row_of_its_clip_box_as_it_computes_it(esti
     (low, high), = module.program.input_box
     assert np.all((module.quantize_input(rows) >= low) & (module.quantize_input(rows) <= high))
     np.testing.assert_array_equal(quantizer.quantize(rows), module.quantize_input(rows))
-    errorless = module.program.run(module.quantize_input(rows), round_lookup=_errorless(module))
+    # the estimator takes the features as fit did: its scaler maps them to the network's inputs
+    features = approximate.input_scaler_.inverse_transform(rows).astype(np.float32)
+    network_rows = approximate._network_input(features)
+    errorless = module.program.run(module.quantize_input(network_rows), round_lookup=_errorless(module))
     labels = approximate.classes_[module.dequantize_output(errorless).argmax(1)]
-    np.testing.assert_array_equal(approximate.predict(rows, fhe="disable"), labels)
+    np.testing.assert_array_equal(approximate.predict(features, fhe="disable"), labels)
 
 
 class TinyConvNet(nn.Module):

@@ -53,3 +53,15 @@ def test_bins_are_not_scaled():
     model = NeuralNetClassifier(**SMALL).fit(X, X[:, 0] / 1000 > X[:, 1] / 0.001)
     assert model.input_binning_ is not None and model.input_scaler_ is None
     assert model.input_transform_ is model.input_binning_
+
+
+def test_a_model_saved_before_scaling_existed_loads_unscaled(data):
+    X, y = data
+    model = NeuralNetClassifier(**SMALL, scale_inputs=False).fit(X, y)
+    state = model.__getstate__()
+    for key in ("scale_inputs", "input_scaler_"):  # what such a file lacks
+        del state[key]
+    old = NeuralNetClassifier.__new__(NeuralNetClassifier)
+    old.__setstate__(state)
+    assert old.get_params()["scale_inputs"] is False
+    np.testing.assert_array_equal(old.predict_proba(X), model.predict_proba(X))
