@@ -14,9 +14,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-from _measure import log
+from _measure import log, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +61,20 @@ def compare(script: str, argv: Sequence[str], before: str) -> dict:
             git("worktree", "remove", "--force", str(worktree))
     results["versions"] = {"before": commit, "after": after}
     return results
+
+
+def report(script: str, argv: Sequence[str], before: str) -> None:
+    """Print ``compare``'s results with the machine's facts, as a results file keeps them."""
+    results = compare(script, argv, before)
+    results["machine"] = machine()
+    print(json.dumps(results, indent=2))
+
+
+def main(description: str, script: str, one_version: Callable[[], dict], argv=None) -> None:
+    """The command line of a benchmark with no options of its own: ``--one-version`` prints
+    ``one_version()``; otherwise both versions are measured (``report``)."""
+    args = parser(description).parse_args(argv)
+    if args.one_version:
+        print(json.dumps(one_version()))
+    else:
+        report(script, [], args.before)

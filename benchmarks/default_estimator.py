@@ -13,7 +13,6 @@ version on 2 cores).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine  # noqa: E402
-from _versions import compare, parser as versions_parser  # noqa: E402
+from _measure import log  # noqa: E402
+from _versions import main as run_benchmark  # noqa: E402
 
 SPLITS = 3
 FRESH_POINTS_PER_SEED = 30_000
@@ -104,14 +103,7 @@ def one_version() -> dict:
 
 
 def main(argv=None) -> None:
-    parser = versions_parser(__doc__)
-    args = parser.parse_args(argv)
-    if args.one_version:
-        print(json.dumps(one_version()))
-        return
-    results = compare(__file__, [], args.before)
-    results["machine"] = machine()
-    print(json.dumps(results, indent=2))
+    run_benchmark(__doc__, __file__, one_version, argv)
 
 
 if __name__ == "__main__":

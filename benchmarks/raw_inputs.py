@@ -13,7 +13,6 @@ Run: ``python benchmarks/raw_inputs.py [--before REF] > benchmarks/results_raw_i
 """
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -21,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import log, machine  # noqa: E402
-from _versions import compare, parser as versions_parser  # noqa: E402
+from _measure import log  # noqa: E402
+from _versions import main as run_benchmark  # noqa: E402
 
 SPLITS = 3
 CLASSIFICATION = ("iris", "wine", "breast_cancer", "digits")
@@ -74,14 +73,7 @@ def _score(y_true, y_pred, regression: bool) -> float:
 
 
 def main(argv=None) -> None:
-    parser = versions_parser(__doc__)
-    args = parser.parse_args(argv)
-    if args.one_version:
-        print(json.dumps(one_version()))
-        return
-    results = compare(__file__, [], args.before)
-    results["machine"] = machine()
-    print(json.dumps(results, indent=2))
+    run_benchmark(__doc__, __file__, one_version, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine  # noqa: E402
-from _versions import compare, parser as versions_parser  # noqa: E402
+from _versions import parser as versions_parser, report  # noqa: E402
 
 SPLITS = 5
 TIMED_SAMPLES = 5
@@ -156,9 +156,7 @@ def main(argv=None) -> None:
         result = one_version() if args.one_version else {**interleaved(args.interleaved), "machine": machine()}
         print(json.dumps(result))
         return
-    results = compare(__file__, [], args.before)
-    results["machine"] = machine()
-    print(json.dumps(results, indent=2))
+    report(__file__, [], args.before)
 
 
 if __name__ == "__main__":
