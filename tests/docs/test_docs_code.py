@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fheestimators.sklearn.estimators import _one_torch_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
@@ -47,15 +46,8 @@ def test_the_block_finder():
     assert python_blocks(text) == [(3, "a = 1\n"), (10, "b = 2\n")]
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny models train fastest on one thread; on a busy machine several threads spin."""
-    with _one_torch_thread():
-        yield
-
-
 @pytest.mark.parametrize("page", PAGES_WITH_CODE, ids=page_id)
-def test_page_code_runs(page: Path, tmp_path, monkeypatch, one_torch_thread):
+def test_page_code_runs(page: Path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # files the examples write land here
     namespace: dict = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
     for line, source in python_blocks(page.read_text(encoding="utf-8")):

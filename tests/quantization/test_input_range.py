@@ -25,7 +25,8 @@ def torch_module():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2))
     X, _ = _train_data()
-    return compile_torch_model(model, X, n_bits=3, rounding_threshold_bits=ROUNDING, p_error=1e-9), X
+    # 2 bits: the network is tabulated into a 4-bit lookup, whose keys take 3 s to generate (6 bits: 15 s)
+    return compile_torch_model(model, X, n_bits=2, rounding_threshold_bits=ROUNDING, p_error=1e-9), X
 
 
 def test_quantized_inputs_are_clipped_to_the_compiled_integer_type(torch_module):
@@ -54,8 +55,10 @@ def test_torch_module_runs_edge_inputs_in_all_modes(torch_module):
 
 def test_estimator_runs_edge_inputs_in_all_modes():
     X, y = _train_data()
+    # 3 input bits: 4 bins per feature, a 4-bit table (keys of 0.1 GB, not the 8 bins' 0.5 GB)
     clf = NeuralNetClassifier(max_epochs=3, module__n_hidden=4, module__n_w_bits=3, module__n_a_bits=3,
-                              rounding_threshold_bits=ROUNDING, p_error=1e-9, random_state=0).fit(X, y)
+                              module__n_input_bits=3, rounding_threshold_bits=ROUNDING, p_error=1e-9,
+                              random_state=0).fit(X, y)
     clear = clf.predict_proba(EDGES, fhe="disable")
     np.testing.assert_allclose(clf.predict_proba(EDGES, fhe="simulate"), clear)
     np.testing.assert_allclose(clf.predict_proba(EDGES, fhe="execute"), clear)

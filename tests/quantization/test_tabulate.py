@@ -76,12 +76,9 @@ def spec_qat_net():
     """The specification's QATPrunedSimpleNet, smaller: 20 hidden, 10 non-zero, 2 epochs."""
     from fheestimators import make_checkerboard
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     X_train, X_test, y_train, _ = make_checkerboard()
     torch.manual_seed(0)
     model = train(QATPrunedSimpleNet(20), X_train[:2000], y_train[:2000], epochs=2, max_non_zero=10)
-    torch.set_num_threads(threads)
     module = compile_brevitas_qat_model(model, X_train)
     return model, module, X_test.astype(np.float32)
 

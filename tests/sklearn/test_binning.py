@@ -66,11 +66,11 @@ def test_the_three_modes_agree_on_binned_rows(binned):
 
 def test_the_default_bins_more_finely_with_a_looser_p_error(board):
     X, y = board
-    model = NeuralNetClassifier(**FAST).fit(X, y)
+    brief = dict(FAST, max_epochs=1)  # the bins and the error probability are set before training
+    model = NeuralNetClassifier(**brief).fit(X, y)
     assert list(model.input_binning_.n_bins_) == [8, 8]
     assert model.quantized_module_.fhe_circuit.configuration.p_error == pytest.approx(0.01)
-    assert NeuralNetClassifier(**dict(FAST, max_epochs=1), p_error=0.2).fit(X, y).fhe_circuit.configuration.p_error \
-        == 0.2
+    assert NeuralNetClassifier(**brief, p_error=0.2).fit(X, y).fhe_circuit.configuration.p_error == 0.2
 
 
 def test_wider_data_regressors_and_none_are_not_binned(board):

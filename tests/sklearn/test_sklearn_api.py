@@ -51,16 +51,6 @@ EXPECTED_FAILED_CHECKS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The networks here are tiny: with two OpenMP threads, torch spends more time synchronising
-    # them than computing (a backward pass takes ~100 ms instead of ~1 ms on a busy machine).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def clf_data():
     X, y = make_classification(n_samples=120, n_features=4, n_informative=3, n_redundant=0, random_state=0)

@@ -55,15 +55,6 @@ def untabulated_builds():
         yield
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks: torch's thread pool only adds overhead (10x slower training on 2 cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------
 # The specification's networks, as written on the pages (sizes given at construction)
 # ---------------------------------------------------------------------------
