@@ -9,7 +9,7 @@ import pytest
 from hypothesis import configuration
 
 from fheestimators.quantization.tabulate import tabulation_limit
-from fheestimators.sklearn.estimators import _one_torch_thread
+from fheestimators._threads import one_torch_thread as _one_torch_thread
 
 # Keep Hypothesis' example database and caches out of the project tree.
 configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fheestimators-hypothesis")

@@ -8,6 +8,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from concrete import fhe
 
+from .._threads import one_torch_thread
 from .artifacts import DebugArtifacts
 
 
@@ -74,7 +75,8 @@ def compile_function(
     samples = [tuple(sample) if n_inputs > 1 else sample[0] for sample in inputset]
     fhe_artifacts = artifacts.fhe if artifacts is not None else None
     try:
-        circuit = compiler.compile(samples, configuration=config, artifacts=fhe_artifacts)
+        with one_torch_thread():
+            circuit = compiler.compile(samples, configuration=config, artifacts=fhe_artifacts)
     except RuntimeError as error:
         if "NoParametersFound" not in str(error):
             raise

@@ -17,6 +17,7 @@ from scipy.special import softmax
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._threads import one_torch_thread
 from ..fhe.cost import FheCost
 from ..fhe.modes import FheMode
 from ..quantization.tabulate import narrowed_outputs
@@ -79,18 +80,6 @@ def _far_features(low: np.ndarray, high: np.ndarray, data_min: np.ndarray, data_
     disjoint = (high < data_min) | (low > data_max)
     beyond = (low < data_min - width) | (high > data_max + width)
     return np.flatnonzero(disjoint | beyond)
-
-
-@contextlib.contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    """Train on one thread: these networks are too small to gain from more, and on a busy
-    machine torch's thread pool makes each step up to a hundred times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class FheMixin(ScaledInputs, EarlyStoppingMixin):
@@ -230,7 +219,7 @@ class FheMixin(ScaledInputs, EarlyStoppingMixin):
         settings = self._compile_settings()
         X = self._network_input(X)
         self._resolve_early_stopping(len(X), fresh=restart)
-        with self._torch_seed(), _one_torch_thread():
+        with self._torch_seed(), one_torch_thread():
             if restart:
                 self._initialize_network(X, y)
             super().partial_fit(X, y, **fit_params)
