@@ -9,7 +9,7 @@ from torch import nn
 from fheestimators import NeuralNetClassifier, compile_torch_model
 
 # far below, far above, and beyond on one feature only; the last row is in range
-# exact rounding: approximate rounding's mistakes near a bin's middle are random in FHE
+# exact rounding where a network is not tabulated: approximate rounding's mistakes near a bin's middle are random in FHE
 ROUNDING = {"n_bits": 4, "method": "exact"}
 EDGES = np.array([[-5.0, 5.0], [1e6, -1e6], [2.0, 0.5], [-1e6, -1e6], [1e6, 1e6], [0.3, 0.7]])
 
