@@ -82,6 +82,8 @@ class ClientModel:
             expected = getattr(self.preprocessing, "n_features_in_", None)
             if expected is not None and np.ndim(X) == 2 and np.shape(X)[1] != expected:
                 raise ValueError(f"input 0 has shape {np.shape(X)}; expected (n_samples, {expected})")
+            if hasattr(X, "columns") and not hasattr(self.preprocessing, "feature_names_in_"):
+                X = X.to_numpy()  # fitted on an array (the estimator's own bins or scaler): no column names to check
             X = self.preprocessing.transform(X)
             X = X.toarray() if hasattr(X, "toarray") else X  # a one-hot encoder's sparse output
         elif hasattr(X, "columns"):

@@ -1,5 +1,8 @@
 """scale_inputs: each feature is standardized in the clear before the network reads it."""
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.datasets import make_classification
 
@@ -65,3 +68,14 @@ def test_a_model_saved_before_scaling_existed_loads_unscaled(data):
     old.__setstate__(state)
     assert old.get_params()["scale_inputs"] is False
     np.testing.assert_array_equal(old.predict_proba(X), model.predict_proba(X))
+
+
+def test_a_client_scales_a_data_frame_without_warnings(data):
+    X, y = data
+    frame = pd.DataFrame(X * SCALES, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = NeuralNetClassifier(**SMALL).fit(frame, y)
+    client = ClientModel.from_model(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scikit-learn warns when a scaler fitted on arrays gets named columns
+        prepared = client.prepare(frame.iloc[:10])
+    np.testing.assert_allclose(prepared, model.input_scaler_.transform((X * SCALES)[:10]), rtol=1e-6)
