@@ -261,16 +261,20 @@ class FheMixin(ScaledInputs, EarlyStoppingMixin):
     def _network_input(self, X: np.ndarray) -> np.ndarray:
         """``X`` as the network reads it: each feature's bin index when ``fit`` learnt bins,
         else each feature standardized (``scale_inputs``)."""
+        transform = self._fitted_transform()
+        return X if transform is None else transform.transform(X).astype(np.float32)
+
+    def _fitted_transform(self):
+        # during fit too, before the module is compiled; None for models saved before either existed
         binning = getattr(self, "input_binning_", None)
-        return self._scaled(X) if binning is None else binning.transform(X).astype(np.float32)
+        return binning if binning is not None else getattr(self, "input_scaler_", None)
 
     @property
     def input_transform_(self):
         """The fitted per-feature transform applied in the clear before quantization:
         ``input_binning_``, ``input_scaler_`` or None. A client applies it too."""
         check_is_fitted(self, "quantized_module_")
-        binning = getattr(self, "input_binning_", None)
-        return binning if binning is not None else getattr(self, "input_scaler_", None)
+        return self._fitted_transform()
 
     def _record_data_range(self, X: np.ndarray, reset: bool) -> None:
         """Per feature, the lowest and highest training value: ``data_min_`` and ``data_max_``."""
