@@ -78,10 +78,14 @@ class _FloatTwin(ScaledInputs, EarlyStoppingMixin):
 
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``; returns ``self``."""
+        return super().fit(*self._training_rows(X, y), **fit_params)
+
+    def _training_rows(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        """``(X, y)`` checked, the scaler fitted and applied, early stopping set for them: as a fresh fit sees them."""
         X, y = self._training_data(X, y, reset=True)
         self.input_scaler_ = self._fit_input_scaler(X)
         self._resolve_early_stopping(len(X), fresh=True)
-        return super().fit(self._scaled(X), y, **fit_params)
+        return self._scaled(X), y
 
 
 class FloatNeuralNetClassifier(_FloatTwin, _ClassLabels, skorch.NeuralNetClassifier):
@@ -111,10 +115,7 @@ class FloatNeuralNetRegressor(_FloatTwin, _Targets, skorch.NeuralNetRegressor):
 
     def fit(self, X, y, **fit_params):
         """Train the float network on ``(X, y)``, its linear term first; returns ``self``."""
-        X, y = self._training_data(X, y, reset=True)
-        self.input_scaler_ = self._fit_input_scaler(X)
-        X = self._scaled(X)
-        self._resolve_early_stopping(len(X), fresh=True)
+        X, y = self._training_rows(X, y)
         if not self.warm_start or not self.initialized_:  # as skorch's fit
             self.initialize()
             fit_linear_term(self.module_, X, y)
