@@ -10,9 +10,8 @@ def one_torch_thread() -> Iterator[None]:
     """torch's thread pool on one thread, restored afterwards.
 
     Training steps and the per-sample convolutions concrete-python evaluates while it
-    compiles are too small to gain from more threads: the others only spin (TinyCNN's
-    compile: 18.1 s of CPU for 9.6 s on two threads, 13.5 s on one), and on a busy machine
-    they make each step up to a hundred times slower.
+    compiles are too small to gain from more threads: the others only spin, and on a busy
+    machine they make each step up to a hundred times slower (design notes, the suite's time).
     """
     import torch
 
