@@ -24,6 +24,7 @@ import pytest
 from fheestimators.deployment import Client, RemoteModel, Server, container
 from fheestimators.deployment import server as server_module
 
+from crafted_keys import FRAMING_LIES, framing_lie, reframed
 from serving import Service, metric
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
@@ -61,7 +62,12 @@ def still_serving(service, honest, classifier, rows):
 
 
 def _keys_of(client: Client) -> bytes:
-    return container.unpack(client.evaluation_keys(), "evaluation_keys")[1]["keys"]
+    return _raw(client.evaluation_keys())
+
+
+def _raw(keys: bytes) -> bytes:
+    """The serialized key set inside an evaluation keys container."""
+    return container.unpack(keys, "evaluation_keys")[1]["keys"]
 
 
 def _as_keys_of(raw: bytes, honest: RemoteModel) -> bytes:
@@ -106,59 +112,33 @@ def test_bombs_are_refused_at_once(bomb, service, honest, still_serving):
     assert seconds < 30  # a decompressed bomb took minutes, or the process
 
 
-def _table(raw: bytes) -> list[int]:
-    """The segment sizes (in 8-byte words) of serialized keys' Cap'n Proto framing."""
-    return list(struct.unpack_from(f"<{struct.unpack_from('<I', raw)[0] + 1}I", raw, 4))
+def _framing_lie(craft: str, honest: RemoteModel, foreign) -> bytes:
+    return _as_keys_of(framing_lie(craft, _keys_of(honest.client), _raw(foreign.keys)), honest)
 
 
-def _framed(sizes: list[int], segments: bytes) -> bytes:
-    table = struct.pack(f"<{len(sizes) + 1}I", len(sizes) - 1, *sizes)
-    return table + bytes(-len(table) % 8) + segments
-
-
-def _reframed(raw: bytes, size: int) -> bytes:
-    """Keys of another, smaller model grown to ``size`` bytes by one more segment of zeros: a framing that holds."""
-    sizes = _table(raw)
-    segments = raw[len(_framed(sizes, b"")) :]
-    table = len(_framed([*sizes, 0], b""))
-    return _framed([*sizes, (size - table - len(segments)) // 8], segments + bytes(size - table - len(segments)))
-
-
-def _framing_lies(craft: str, honest: RemoteModel, foreign) -> bytes:
-    """Keys of this model's exact size whose framing does not describe their bytes."""
-    ours = _keys_of(honest.client)
-    if craft == "another model's keys padded":  # what the lead's attack made of a smaller model's keys
-        return (_keys_of(Client(foreign.folder)) + bytes(len(ours)))[: len(ours)]
-    if craft == "a segment declared 1 MB longer":  # what cutting a larger model's keys makes
-        sizes = _table(ours)
-        sizes[1] += (1 << 20) // 8
-        return _framed(sizes, ours[len(_framed(sizes, b"")) :])
-    assert craft == "too many segments"
-    return struct.pack("<I", 0xFFFF) + ours[4:]
-
-
-FRAMING_LIES = ["another model's keys padded", "a segment declared 1 MB longer", "too many segments"]
+@pytest.fixture(scope="module")
+def local_server(saved_classifier):
+    return Server(saved_classifier)
 
 
 @pytest.mark.parametrize("craft", FRAMING_LIES)
-def test_keys_whose_framing_lies_are_refused_before_concrete_reads_them(craft, honest, foreign, saved_classifier,
+def test_keys_whose_framing_lies_are_refused_before_concrete_reads_them(craft, honest, foreign, local_server,
                                                                         monkeypatch):
     reads = []
     deserialize = server_module.fhe.EvaluationKeys.deserialize
     monkeypatch.setattr(server_module.fhe.EvaluationKeys, "deserialize",
                         lambda data: reads.append(len(data)) or deserialize(data))
-    server = Server(saved_classifier)
     with pytest.raises(container.PayloadError, match="framing"):
-        server.load_evaluation_keys(_as_keys_of(_framing_lies(craft, honest, foreign), honest))
+        local_server.load_evaluation_keys(_framing_lie(craft, honest, foreign))
     assert reads == []
-    server.load_evaluation_keys(honest.client.evaluation_keys())  # the counter counts: honest keys are read
+    local_server.load_evaluation_keys(honest.client.evaluation_keys())  # the counter counts: honest keys are read
     assert len(reads) == 1
 
 
 @pytest.mark.parametrize("craft", FRAMING_LIES)
 def test_the_service_refuses_keys_whose_framing_lies(craft, service, honest, foreign, still_serving):
     log_before = len(service.log.read_bytes())
-    response, _ = _post(service, "/keys", _as_keys_of(_framing_lies(craft, honest, foreign), honest))
+    response, _ = _post(service, "/keys", _framing_lie(craft, honest, foreign))
     assert response.status_code == 400 and "framing" in response.json()["detail"], response.text
     # concrete-python never read them: it logs every short read of a framing that declares too much
     assert b"Premature EOF" not in service.log.read_bytes()[log_before:]
@@ -167,7 +147,7 @@ def test_the_service_refuses_keys_whose_framing_lies(craft, service, honest, for
 def test_keys_that_crash_the_evaluator_are_quarantined(service, honest, foreign, rows, still_serving):
     # another model's keys grown to this model's size by a segment their framing declares: they load, then crash
     # concrete-python's keyswitch
-    crafted = _as_keys_of(_reframed(_keys_of(Client(foreign.folder)), len(_keys_of(honest.client))), honest)
+    crafted = _as_keys_of(reframed(_raw(foreign.keys), len(_keys_of(honest.client))), honest)
     created, _ = _post(service, "/keys", crafted)
     assert created.status_code == 201, created.text
     auth = {"Authorization": f"Bearer {created.json()['token']}"}
