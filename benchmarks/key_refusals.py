@@ -80,10 +80,13 @@ def one_version() -> dict:
 
     port, service_log = free_port(), work / "service.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FHEESTIMATORS_")}
+    # run from the work folder: "python -m" puts its folder first on sys.path, ahead of PYTHONPATH's version
+    code = subprocess.run([sys.executable, "-c", "import fheestimators; print(fheestimators.__file__)"], env=env,
+                          cwd=work, capture_output=True, text=True, check=True).stdout.strip()
     with open(service_log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(model), "--port",
                                     str(port), "--key-store", str(work / "store")], stdout=out,
-                                   stderr=subprocess.STDOUT, env=env)
+                                   stderr=subprocess.STDOUT, env=env, cwd=work)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(1200):
@@ -125,7 +128,8 @@ def one_version() -> dict:
     finally:
         process.terminate()
         process.wait(60)
-    return {"keys_bytes": len(ours), "foreign_keys_bytes": len(theirs), "uploads": uploads, **after}
+    return {"service_code": code, "keys_bytes": len(ours), "foreign_keys_bytes": len(theirs), "uploads": uploads,
+            **after}
 
 
 if __name__ == "__main__":
