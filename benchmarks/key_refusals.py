@@ -6,7 +6,8 @@ model on 3 features supplies "another model's keys" (larger than ours). Each upl
 timed from the request to the answer, with the service process's peak memory growth,
 the bytes it added to the service's log, and the evaluators restarted meanwhile:
 
-- an honest upload of valid keys (three times, each a new client, deleted after);
+- an honest upload of valid keys (five times, each a new client, deleted after; the first
+  one also starts the evaluator's work, the median is of the other four);
 - the framing lies of ``tests/deployment/crafted_keys.py``: another model's keys cut to
   our size (the lead's attack), a segment declared 1 MB or 1 GB longer or 1 MB shorter
   than sent, a table of 65,536 segments;
@@ -114,9 +115,9 @@ def one_version() -> dict:
                 result["detail"] = response.json()["detail"][:120]
             return result
 
-        honest = [upload(keys) for _ in range(3)]
-        uploads = {"honest upload (median of 3)": {
-            **honest[1], "seconds": statistics.median(r["seconds"] for r in honest),
+        honest = [upload(keys) for _ in range(5)]
+        uploads = {"honest upload (median of the last 4)": {
+            **honest[1], "seconds": statistics.median(r["seconds"] for r in honest[1:]),
             "all_seconds": [r["seconds"] for r in honest]}}
         crafted = {craft: framing_lie(craft, ours, theirs) for craft in FRAMING_LIES}
         crafted["structure bits flipped"] = _flipped(ours)
