@@ -13,6 +13,7 @@ from concrete import fhe
 from . import container
 from .artifacts import SERVER_FILE, PathLike, check_versions, read_artifact, read_server_header
 from .container import PayloadError
+from .keyframing import check_framing
 from .wire import pack_values, unpack_values
 
 if TYPE_CHECKING:  # distributed is optional: imported by .cluster only when a cluster is given
@@ -46,8 +47,8 @@ class Server:
 
     Notes
     -----
-    Evaluation keys are checked (model fingerprint, concrete-python version and exact
-    size) before concrete-python reads them, but ``run`` reads them in this process:
+    Evaluation keys are checked (model fingerprint, concrete-python version, exact size
+    and framing) before concrete-python reads them, but ``run`` reads them in this process:
     keys crafted to crash concrete-python crash it. For bytes from the network, use the
     service (``fheestimators serve``), which runs them in processes it supervises.
     The last few deserialized key sets are kept in memory, because reading a key set of
@@ -94,13 +95,15 @@ class Server:
     def check_evaluation_keys(self, data: Union[bytes, memoryview, mmap.mmap]) -> bytes:
         """The serialized keys in ``Client.evaluation_keys()``, checked to be this model's.
 
-        Checked (model, concrete-python version, exact size) before concrete-python reads
-        them; ``load_evaluation_keys`` also reads them. ``data`` may be a mapped file.
+        Checked (model, concrete-python version, exact size, a framing that covers exactly
+        those bytes: ``check_framing``) before concrete-python reads them;
+        ``load_evaluation_keys`` also reads them. ``data`` may be a mapped file.
         """
         expected = self.header["evaluation_keys_bytes"]
         header, members = container.unpack(data, "evaluation_keys", self.fingerprint, max_bytes=expected + (1 << 20),
                                            max_members=1, expected_sizes={"keys": expected})
         check_versions(header.get("versions"), "the evaluation keys")
+        check_framing(members["keys"])
         return members["keys"]
 
     def _checked_size(self, keys: bytes) -> bytes:

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import zipfile
@@ -20,8 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
-from fheestimators.deployment import Client, RemoteModel, container
+from fheestimators.deployment import Client, RemoteModel, Server, container
+from fheestimators.deployment import server as server_module
 
+from crafted_keys import FRAMING_LIES, framing_lie, reframed
 from serving import Service, metric
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
@@ -59,7 +62,12 @@ def still_serving(service, honest, classifier, rows):
 
 
 def _keys_of(client: Client) -> bytes:
-    return container.unpack(client.evaluation_keys(), "evaluation_keys")[1]["keys"]
+    return _raw(client.evaluation_keys())
+
+
+def _raw(keys: bytes) -> bytes:
+    """The serialized key set inside an evaluation keys container."""
+    return container.unpack(keys, "evaluation_keys")[1]["keys"]
 
 
 def _as_keys_of(raw: bytes, honest: RemoteModel) -> bytes:
@@ -83,9 +91,13 @@ def _zip_bomb(method: int) -> bytes:
 
 
 def _declared_bomb(honest) -> bytes:
-    """Our own format, claiming a 10 GB member behind a 1 KB body."""
-    body = bytearray(_as_keys_of(b"\0" * 1000, honest))
-    return bytes(body).replace(b'["keys", 1000]', b'["keys", 10000000000]')
+    """Our own format, claiming a 10 GB member behind a 1 KB body (the header's length rewritten to match)."""
+    body = _as_keys_of(b"\0" * 1000, honest)
+    (length,) = struct.unpack_from(">I", body, 8)
+    header = json.loads(body[12 : 12 + length])
+    header["members"] = [["keys", 10_000_000_000]]
+    text = json.dumps(header).encode()
+    return body[:8] + struct.pack(">I", len(text)) + text + body[12 + length :]
 
 
 @pytest.mark.parametrize("bomb", ["deflate", "bzip2", "lzma", "declared"])
@@ -95,13 +107,47 @@ def test_bombs_are_refused_at_once(bomb, service, honest, still_serving):
     assert len(body) < 200_000
     response, seconds = _post(service, "/keys", body)
     assert response.status_code == 400, response.text
+    if bomb == "declared":  # refused for its claim, not for a header broken by the crafting
+        assert "declares 10000000000 bytes" in response.json()["detail"], response.text
     assert seconds < 30  # a decompressed bomb took minutes, or the process
 
 
+def _framing_lie(craft: str, honest: RemoteModel, foreign) -> bytes:
+    return _as_keys_of(framing_lie(craft, _keys_of(honest.client), _raw(foreign.keys)), honest)
+
+
+@pytest.fixture(scope="module")
+def local_server(saved_classifier):
+    return Server(saved_classifier)
+
+
+@pytest.mark.parametrize("craft", FRAMING_LIES)
+def test_keys_whose_framing_lies_are_refused_before_concrete_reads_them(craft, honest, foreign, local_server,
+                                                                        monkeypatch):
+    reads = []
+    deserialize = server_module.fhe.EvaluationKeys.deserialize
+    monkeypatch.setattr(server_module.fhe.EvaluationKeys, "deserialize",
+                        lambda data: reads.append(len(data)) or deserialize(data))
+    with pytest.raises(container.PayloadError, match="framing"):
+        local_server.load_evaluation_keys(_framing_lie(craft, honest, foreign))
+    assert reads == []
+    local_server.load_evaluation_keys(honest.client.evaluation_keys())  # the counter counts: honest keys are read
+    assert len(reads) == 1
+
+
+@pytest.mark.parametrize("craft", FRAMING_LIES)
+def test_the_service_refuses_keys_whose_framing_lies(craft, service, honest, foreign, still_serving):
+    log_before = len(service.log.read_bytes())
+    response, _ = _post(service, "/keys", _framing_lie(craft, honest, foreign))
+    assert response.status_code == 400 and "framing" in response.json()["detail"], response.text
+    # concrete-python never read them: it logs every short read of a framing that declares too much
+    assert b"Premature EOF" not in service.log.read_bytes()[log_before:]
+
+
 def test_keys_that_crash_the_evaluator_are_quarantined(service, honest, foreign, rows, still_serving):
-    # another model's keys, padded to this model's size: they load, then crash concrete-python's keyswitch
-    size = len(_keys_of(honest.client))
-    crafted = _as_keys_of((_keys_of(Client(foreign.folder)) + bytes(size))[:size], honest)
+    # another model's keys grown to this model's size by a segment their framing declares: they load, then crash
+    # concrete-python's keyswitch
+    crafted = _as_keys_of(reframed(_raw(foreign.keys), len(_keys_of(honest.client))), honest)
     created, _ = _post(service, "/keys", crafted)
     assert created.status_code == 201, created.text
     auth = {"Authorization": f"Bearer {created.json()['token']}"}
