@@ -51,9 +51,10 @@ def free_port() -> int:
 def start_service(folder: Path, *options: str) -> tuple[subprocess.Popen, str]:
     """``fheestimators serve folder *options`` on a free port of 127.0.0.1, once it answers."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(folder),
+    # from the model's folder: "python -m" puts its folder first on sys.path, ahead of the version measured
+    process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(Path(folder).resolve()),
                                 "--port", str(port), *options],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(folder).resolve().parent)
     url = f"http://127.0.0.1:{port}"
     for _ in range(1200):
         try:

@@ -7,8 +7,9 @@ same 2 cores) sends, in a loop:
 
 - bombs: a 1 KB container declaring a 10 GB member, and a bzip2 zip bomb of 64 MB;
 - random ciphertexts of the right sizes, with the attacker's own registered keys;
-- crafted keys (another model's, padded to this model's size, a new padding each time so
-  the quarantine cannot recognize them): uploaded, then used, which crashes an evaluator;
+- crafted keys (another model's, grown to this model's size by one more segment their
+  framing declares, new bytes in it each time so the quarantine cannot recognize them):
+  uploaded, then used, which crashes an evaluator (merely padded, they are refused at upload);
 - a flood of anonymous uploads of valid keys (the store fills, then refuses);
 - jobs that fill the work queue.
 
@@ -26,6 +27,7 @@ import collections
 import io
 import json
 import multiprocessing
+import struct
 import sys
 import tempfile
 import threading
@@ -39,6 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine, standardized_checkerboard  # noqa: E402
 from deployment import start_service  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deployment"))
+from crafted_keys import reframed  # noqa: E402
 
 from fheestimators import NeuralNetClassifier  # noqa: E402
 from fheestimators.deployment import Client, RemoteModel, container, save  # noqa: E402
@@ -106,7 +111,7 @@ class Attacker:
         header, members = container.unpack(self.keys, "evaluation_keys")
         self.versions, size = header["versions"], len(members["keys"])
         foreign_keys = container.unpack(Client(foreign).evaluation_keys(), "evaluation_keys")[1]["keys"]
-        self.crafted_base = (foreign_keys + bytes(size))[:size]
+        self.crafted_base = reframed(foreign_keys, size)  # a framing that holds: the keys reach an evaluator
         genuine = container.unpack(self.own.client.encrypt(rows[:1]), "inputs")
         rng = np.random.default_rng(0)
         fields = {k: v for k, v in genuine[0].items() if k not in ("format", "kind", "fingerprint")}
@@ -117,7 +122,12 @@ class Attacker:
 
     def _declared_bomb(self) -> bytes:
         body = container.pack("evaluation_keys", self.own.fingerprint, {"keys": bytes(1000)}, versions=self.versions)
-        return body.replace(b'["keys", 1000]', b'["keys", 10000000000]')
+        # the header's own length rewritten with it: a longer claim in the same bytes would break the header
+        (length,) = struct.unpack_from(">I", body, 8)
+        header = json.loads(body[12 : 12 + length])
+        header["members"] = [["keys", 10_000_000_000]]
+        text = json.dumps(header).encode()
+        return body[:8] + struct.pack(">I", len(text)) + text + body[12 + length :]
 
     @staticmethod
     def _zip_bomb() -> bytes:
@@ -223,7 +233,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fheestimators-load-"))
     log("training and saving the model and a foreign one")
     folder = save(NeuralNetClassifier(random_state=0, **settings).fit(X_train, y_train), work / "model")
-    other = NeuralNetClassifier(random_state=0, max_epochs=2, module__n_hidden=8, rounding_threshold_bits=4)
+    # smaller keys than the model's (a network on raw features, 3-bit lookups): grown to its size, they still load
+    other = NeuralNetClassifier(random_state=0, max_epochs=2, module__n_hidden=2, rounding_threshold_bits=3,
+                                input_bins=None)
     foreign = save(other.fit(X_train[:, ::-1].copy(), y_train), work / "foreign")
     process, url = start_service(folder, "--key-store", str(work / "store"))
     try:
