@@ -14,8 +14,8 @@ same 2 cores) sends, in a loop:
 - jobs that fill the work queue.
 
 Printed: latency (median, 90th percentile) and samples/s of the honest clients in both
-phases, the attacker's answers by status, the service process's peak memory, and the
-evaluators' restarts (from ``/metrics``).
+phases (with ``--per-attack``, also beside each attack alone), the attacker's answers by
+status, the service process's peak memory, and the evaluators' restarts (from ``/metrics``).
 
 Run: ``python benchmarks/service_load.py > benchmarks/results_service_load.json``
 (about 10 minutes; ``--quick`` trains a small network for a smoke run).
@@ -182,8 +182,10 @@ class Attacker:
         if submitted is not None and submitted.status_code == 429:
             time.sleep(float(submitted.headers.get("Retry-After", 1)))
 
-    def start(self) -> list[threading.Thread]:
-        attacks = [self.bombs_, self.garbage_, self.crafted_, self.flood_, self.fill_queue_]
+    ATTACKS = ("bombs_", "garbage_", "crafted_", "flood_", "fill_queue_")
+
+    def start(self, names: tuple = ATTACKS) -> list[threading.Thread]:
+        attacks = [getattr(self, name) for name in names]
         threads = [threading.Thread(target=self._loop, args=(attack,), daemon=True) for attack in attacks]
         for thread in threads:
             thread.start()
@@ -212,11 +214,12 @@ def single_attacks(attacker: "Attacker", pid: int, honest: RemoteModel, rows: np
     return results
 
 
-def attack_until(url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, ready, stop, answers) -> None:
-    """Every attack at once, in this process (not sharing the honest clients' interpreter), until ``stop``."""
+def attack_until(url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, ready, stop, answers,
+                 names: tuple = Attacker.ATTACKS) -> None:
+    """The attacks ``names`` at once, in this process (not sharing the honest clients' interpreter), until ``stop``."""
     attacker = Attacker(url, folder, foreign, rows, work)
     attacker.stop = stop
-    attacker.start()
+    attacker.start(names)
     ready.set()
     stop.wait()
     answers.put({attack: {str(k): v for k, v in counts.items()} for attack, counts in attacker.answers.items()})
@@ -226,6 +229,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="a small network, short phases")
     parser.add_argument("--seconds", type=float, default=120.0, help="length of each phase")
+    parser.add_argument("--per-attack", action="store_true",
+                        help="before all attacks at once, one phase beside each attack alone")
     args = parser.parse_args()
     seconds = 30.0 if args.quick else args.seconds
     X_train, X_test, y_train, _ = standardized_checkerboard()
@@ -247,8 +252,20 @@ def main() -> None:
         attacker = Attacker(url, folder, foreign, X_test, work)
         log("each attack once, alone")
         single = single_attacks(attacker, process.pid, models[0], X_test)
-        log(f"honest clients beside the attacker (a process of its own), {seconds:g} s")
         context = multiprocessing.get_context("spawn")
+        one_by_one = {}
+        for name in Attacker.ATTACKS if args.per_attack else ():
+            log(f"honest clients beside one attack, {name.rstrip('_')}, {seconds:g} s")
+            ready, stop, answers = context.Event(), context.Event(), context.Queue()
+            hostile = context.Process(target=attack_until,
+                                      args=(url, folder, foreign, X_test, work, ready, stop, answers, (name,)))
+            hostile.start()
+            ready.wait(600)
+            one_by_one[name.rstrip("_")] = honest_phase(models, X_test, seconds)
+            stop.set()
+            one_by_one[name.rstrip("_")]["attacker_answers"] = answers.get(timeout=600)
+            hostile.join(60)
+        log(f"honest clients beside the attacker (a process of its own), {seconds:g} s")
         ready, stop, answers = context.Event(), context.Event(), context.Queue()
         hostile = context.Process(target=attack_until, args=(url, folder, foreign, X_test, work, ready, stop, answers))
         hostile.start()
@@ -265,6 +282,7 @@ def main() -> None:
             "phase_seconds": seconds,
             "single_attacks": single,
             "honest_alone": alone,
+            "honest_beside_one_attack": one_by_one,
             "honest_under_attack": attacked,
             "attacker_answers": attacker_answers,
             "service_peak_memory_mb": peak_memory_mb(process.pid),
