@@ -173,6 +173,7 @@ def test_keys_that_share_one_payload_are_refused_within_bounded_memory(service, 
     # 40 pointers to the 24 MB bootstrap key: about 1 GB if read unbounded (200 took gigabytes), kept small
     # so that a broken defence costs this machine a gigabyte, not its memory
     raw = _keys_of(honest.client)
+    _wait_for(lambda: len(service.evaluator_pids()) == 1, timeout=60)  # a previous test's restart is done
     (pid,) = service.evaluator_pids()
     limits = Path(f"/proc/{pid}/limits").read_text()
     assert "Max data size" in limits and "unlimited" not in limits.split("Max data size")[1].splitlines()[0]
@@ -387,3 +388,18 @@ def test_one_client_s_long_job_does_not_make_another_wait(service, honest, saved
     assert httpx.delete(status_url, headers=auth).status_code == 204
     _wait_for(lambda: _queued(service) == 0, timeout=30.0)
     greedy.close()
+
+
+def test_an_evaluator_past_its_memory_ceiling_is_lost_not_blamed_on_the_client():
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from pebble import ProcessExpired
+
+    from fheestimators.deployment.service.workers import EvaluatorLost, Evaluators
+
+    future, causes = Future(), []
+    future.set_exception(ProcessExpired("Abnormal termination", code=evaluation.MEMORY_EXIT_STATUS, pid=1))
+    with pytest.raises(EvaluatorLost, match="out of memory"):  # 503 and Retry-After: nothing quarantined
+        Evaluators.outcome(SimpleNamespace(_on_restart=causes.append), future)
+    assert causes == ["EvaluatorLost"]
