@@ -12,10 +12,18 @@ the bytes it added to the service's log, and the evaluators restarted meanwhile:
   our size (the lead's attack), a segment declared 1 MB or 1 GB longer or 1 MB shorter
   than sent, a table of 65,536 segments;
 - keys with three bits flipped in their structure (the 300 bytes after the table), which
-  concrete-python refuses itself.
+  concrete-python refuses itself;
+- keys of the right size and a sound framing whose bootstrap key's payload is 200 pointers to
+  one 25 MB chunk (``amplified``), with the evaluators' peak resident memory: every service
+  runs under a soft ``RLIMIT_DATA`` of 3 GiB (``prlimit``), inherited by its evaluators, so that
+  code without a bound of its own stops there instead of at the machine's OOM killer;
+- an honest prediction (one row, median of 3 after a first one), before the crafted uploads
+  and once after them.
 
 Run: ``python benchmarks/key_refusals.py > benchmarks/results_key_refusals.json``
-(``--before REF``, HEAD by default; about 5 minutes).
+(``--before REF``, HEAD by default; about 6 minutes). ``results_key_refusals.json`` measured
+the framing check (``--before 4e01748``), ``results_key_refusals_memory.json`` the memory bound
+(``--before ece3e64``).
 """
 from __future__ import annotations
 
@@ -35,9 +43,14 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "deployment"))
 from _measure import log  # noqa: E402
 from _versions import main  # noqa: E402
-from crafted_keys import FRAMING_LIES, framing_lie  # noqa: E402
+from crafted_keys import FRAMING_LIES, amplified, framing_lie  # noqa: E402
 from deployment import free_port  # noqa: E402
 from service_load import metric, peak_memory_mb  # noqa: E402
+from serving import _children, _command  # noqa: E402
+
+# the safety net of the before code (see the docstring)
+SAFETY_DATA_LIMIT = 3 << 30
+COPIES = 200
 
 
 def _models(work: Path) -> tuple[Path, Path]:
@@ -63,7 +76,26 @@ def _flipped(raw: bytes) -> bytes:
     return bytes(flipped)
 
 
+def _evaluators(service: int) -> list[int]:
+    return [pid for server in _children(service) if b"forkserver" in _command(server) for pid in _children(server)]
+
+
+def _evaluator_memory(service: int) -> dict:
+    """Each evaluator's peak resident memory and the ceiling of its private memory, in MB."""
+    found = {}
+    for pid in _evaluators(service):
+        try:
+            limits = Path(f"/proc/{pid}/limits").read_text().split("Max data size")[1].split()
+            found[pid] = {"peak_mb": peak_memory_mb(pid),
+                          "data_limit_mb": None if limits[0] == "unlimited" else int(limits[0]) >> 20}
+        except (FileNotFoundError, IndexError):
+            pass
+    return found
+
+
 def one_version() -> dict:
+    from sklearn.datasets import load_breast_cancer
+
     import fheestimators
     from fheestimators.deployment import Client, container
 
@@ -85,7 +117,8 @@ def one_version() -> dict:
     code = subprocess.run([sys.executable, "-c", "import fheestimators; print(fheestimators.__file__)"], env=env,
                           cwd=work, capture_output=True, text=True, check=True).stdout.strip()
     with open(service_log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fheestimators.deployment", "serve", str(model), "--port",
+        process = subprocess.Popen(["prlimit", f"--data={SAFETY_DATA_LIMIT}:", sys.executable, "-m",
+                                    "fheestimators.deployment", "serve", str(model), "--port",
                                     str(port), "--key-store", str(work / "store")], stdout=out,
                                    stderr=subprocess.STDOUT, env=env, cwd=work)
     url = f"http://127.0.0.1:{port}"
@@ -116,21 +149,39 @@ def one_version() -> dict:
             return result
 
         honest = [upload(keys) for _ in range(5)]
+        created = httpx.post(f"{url}/keys", content=keys, timeout=600).json()
+        auth = {"Authorization": f"Bearer {created['token']}"}
+        row = client.encrypt(load_breast_cancer(return_X_y=True)[0][:1].astype(np.float32))
+
+        def predict() -> dict:
+            start = time.perf_counter()
+            response = httpx.post(f"{url}/clients/{created['client_id']}/predict", content=row, headers=auth,
+                                  timeout=600)
+            return {"status": response.status_code, "seconds": round(time.perf_counter() - start, 3)}
+
+        first, *warm = [predict() for _ in range(4)]
+        predictions = {"first": first, "median_of_3": statistics.median(r["seconds"] for r in warm),
+                       "statuses": [r["status"] for r in warm]}
         uploads = {"honest upload (median of the last 4)": {
             **honest[1], "seconds": statistics.median(r["seconds"] for r in honest[1:]),
             "all_seconds": [r["seconds"] for r in honest]}}
         crafted = {craft: framing_lie(craft, ours, theirs) for craft in FRAMING_LIES}
         crafted["structure bits flipped"] = _flipped(ours)
+        crafted[f"{COPIES} pointers to the bootstrap key's payload"] = amplified(ours, COPIES)
         for name, raw in crafted.items():
             log(name)
+            evaluators = _evaluator_memory(process.pid)
             uploads[name] = upload(dressed(raw))
+            uploads[name]["evaluators_before_after"] = [evaluators, _evaluator_memory(process.pid)]
+        predictions["after_crafted_uploads"] = predict()
         after = {"health_after": httpx.get(f"{url}/health", timeout=30).status_code,
+                 "honest_predictions": predictions,
                  "service_peak_memory_mb": peak_memory_mb(process.pid)}
     finally:
         process.terminate()
         process.wait(60)
-    return {"service_code": code, "keys_bytes": len(ours), "foreign_keys_bytes": len(theirs), "uploads": uploads,
-            **after}
+    return {"service_code": code, "safety_data_limit_mb": SAFETY_DATA_LIMIT >> 20, "keys_bytes": len(ours),
+            "foreign_keys_bytes": len(theirs), "uploads": uploads, **after}
 
 
 if __name__ == "__main__":

@@ -49,3 +49,39 @@ def framing_lie(craft: str, ours: bytes, foreign: bytes) -> bytes:
     size = {"a segment declared 1 MB longer": 1 << 20, "a segment declared 1 GB longer": 1 << 30,
             "a segment declared 1 MB shorter": -(1 << 20)}[craft]
     return redeclared(ours, size)
+
+
+def _target(raw: bytes, at: int) -> tuple[int, int]:
+    """The byte offset a struct or list pointer at byte ``at`` points to, and the pointer word."""
+    (word,) = struct.unpack_from("<Q", raw, at)
+    offset = (word & 0xFFFFFFFF) >> 2
+    offset -= (1 << 30) if offset >= 1 << 29 else 0
+    return at + 8 + 8 * offset, word
+
+
+def amplified(raw: bytes, copies: int) -> bytes:
+    """Keys of the same size and a sound framing whose first bootstrap key's payload is ``copies`` pointers to it.
+
+    concrete-python stores a key's payload as a list of byte chunks, each a pointer; the
+    payload's one chunk lives in a segment of its own, reached by a far pointer. The list is
+    moved into the end of that chunk's bytes (overwritten, nothing resized) and holds
+    ``copies`` far pointers to the same chunk: Cap'n Proto reads each as a chunk, and
+    concrete-python copies each (the chunk's size times ``copies``).
+    """
+    sizes = segment_sizes(raw)
+    starts = [len(framed(sizes, b"")) + 8 * sum(sizes[:i]) for i in range(len(sizes))]
+    root, _ = _target(raw, starts[0])
+    bootstrap_keys, _ = _target(raw, root)  # a list of structs: a tag word, then the elements
+    key = bootstrap_keys + 8  # the first key: no data words, pointers (info, payload)
+    payload, _ = _target(raw, key + 8)
+    chunks, _ = _target(raw, payload)  # a list of pointers to Data
+    (far,) = struct.unpack_from("<Q", raw, chunks)
+    assert far & 3 == 2, "concrete-python's layout changed: the chunk is not behind a far pointer"
+    segment = far >> 32
+    end = starts[segment] + 8 * sizes[segment]
+    pad = end - 8 * (copies + 1)  # a landing pad, then the new list of pointers, at the end of the chunk's segment
+    crafted = bytearray(raw)
+    struct.pack_into("<Q", crafted, payload, 2 | ((pad - starts[segment]) // 8) << 3 | segment << 32)
+    struct.pack_into("<Q", crafted, pad, 1 | 6 << 32 | copies << 35)  # offset 0: the list follows its pad
+    struct.pack_into(f"<{copies}Q", crafted, pad + 8, *[far] * copies)
+    return bytes(crafted)

@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -23,8 +24,9 @@ import pytest
 
 from fheestimators.deployment import Client, RemoteModel, Server, container
 from fheestimators.deployment import server as server_module
+from fheestimators.fhe import evaluation
 
-from crafted_keys import FRAMING_LIES, framing_lie, reframed
+from crafted_keys import FRAMING_LIES, amplified, framing_lie, reframed
 from serving import Service, metric
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
@@ -160,6 +162,28 @@ def test_keys_that_crash_the_evaluator_are_quarantined(service, honest, foreign,
     again, seconds = _post(service, "/keys", crafted)
     assert again.status_code == 403 and seconds < 15  # the same bytes: not loaded again
     assert metric(service.url, "fheestimators_worker_restarts_total", 'cause="EvaluatorCrashed"') >= 1
+
+
+def _evaluator_memory_mb(pid: int) -> dict[str, float]:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in status if line.startswith("Vm")}
+
+
+def test_keys_that_share_one_payload_are_refused_within_bounded_memory(service, honest, still_serving):
+    # 40 pointers to the 24 MB bootstrap key: about 1 GB if read unbounded (200 took gigabytes), kept small
+    # so that a broken defence costs this machine a gigabyte, not its memory
+    raw = _keys_of(honest.client)
+    _wait_for(lambda: len(service.evaluator_pids()) == 1, timeout=60)  # a previous test's restart is done
+    (pid,) = service.evaluator_pids()
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    assert "Max data size" in limits and "unlimited" not in limits.split("Max data size")[1].splitlines()[0]
+    before = _evaluator_memory_mb(pid)
+    response, _ = _post(service, "/keys", _as_keys_of(amplified(raw, 40), honest))
+    assert response.status_code == 400 and "memory" in response.json()["detail"], response.text
+    assert service.evaluator_pids() == [pid]  # refused by the evaluator, which lives on
+    allowed_mb = evaluation.key_load_bytes(len(raw)) / (1 << 20)
+    # resident memory grows by what the load may map, and by code pages touched for the first time
+    assert _evaluator_memory_mb(pid)["VmHWM"] < max(before["VmHWM"], before["VmRSS"] + allowed_mb) + 128
 
 
 @pytest.mark.parametrize("damage", ["truncated", "padded", "bit-flipped", "random"])
@@ -364,3 +388,18 @@ def test_one_client_s_long_job_does_not_make_another_wait(service, honest, saved
     assert httpx.delete(status_url, headers=auth).status_code == 204
     _wait_for(lambda: _queued(service) == 0, timeout=30.0)
     greedy.close()
+
+
+def test_an_evaluator_past_its_memory_ceiling_is_lost_not_blamed_on_the_client():
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    from pebble import ProcessExpired
+
+    from fheestimators.deployment.service.workers import EvaluatorLost, Evaluators
+
+    future, causes = Future(), []
+    future.set_exception(ProcessExpired("Abnormal termination", code=evaluation.MEMORY_EXIT_STATUS, pid=1))
+    with pytest.raises(EvaluatorLost, match="out of memory"):  # 503 and Retry-After: nothing quarantined
+        Evaluators.outcome(SimpleNamespace(_on_restart=causes.append), future)
+    assert causes == ["EvaluatorLost"]

@@ -31,10 +31,10 @@ from ..wire import unpack_values
 from .body import read_body, spool_body
 from .jobs import DONE, Job, JobFailed, Jobs, QueueFull, UnknownJob
 from .keystore import BadToken, KeyStore, Quarantined, StoreFull, UnknownClient, keys_digest
-from .limits import Limits
+from .limits import GB, Limits
 from .logs import event
 from .metrics import Metrics, RequestCounter
-from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
+from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout, default_memory_bytes
 
 if TYPE_CHECKING:  # distributed is optional
     import distributed
@@ -134,10 +134,12 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         event("evaluator_restarted", logging.WARNING, cause=cause)
 
     # with a cluster, the evaluators here only check uploaded keys: one is enough
-    evaluators = Evaluators(read_artifact(model_dir, SERVER_FILE), 1 if dask else limits.workers,
-                            limits.keys_per_worker, on_restart=restarted)
-    jobs = Jobs(server, evaluators, store, limits, metrics)
     keys_size = server.header["evaluation_keys_bytes"]
+    memory = (int(limits.evaluator_memory_gb * GB) if limits.evaluator_memory_gb is not None
+              else default_memory_bytes(keys_size, limits.keys_per_worker))
+    evaluators = Evaluators(read_artifact(model_dir, SERVER_FILE), 1 if dask else limits.workers,
+                            limits.keys_per_worker, on_restart=restarted, memory_bytes=memory)
+    jobs = Jobs(server, evaluators, store, limits, metrics)
     sample_bytes = sum(server.header["input_bytes"])
     max_body = int(limits.max_body_mb * MB) if limits.max_body_mb is not None else None
     keys_limit = max_body or keys_size + MB

@@ -43,6 +43,8 @@ class Limits:
     sample_timeout_s: float = _limit(600.0, "seconds one sample may run before its worker is stopped")
     job_timeout_s: float = _limit(3600.0, "seconds one request or job may take in all")
     key_check_timeout_s: float = _limit(30.0, "seconds uploaded keys may take to load before they are refused")
+    evaluator_memory_gb: Optional[float] = _limit(None, "GB of private memory (RLIMIT_DATA) each evaluator process "
+                                                        "may map (default: sized from the model's keys)")
     max_clients: int = _limit(64, "key sets in the key store")
     max_store_gb: float = _limit(16.0, "GB of keys in the key store")
     key_ttl_s: float = _limit(7 * 86400.0, "seconds an unused key set is kept")

@@ -25,11 +25,26 @@ from pebble import ProcessExpired, ProcessPool
 from ...fhe import evaluation
 from ..container import PayloadError
 
-__all__ = ["EvaluatorCrashed", "EvaluatorLost", "Evaluators", "EvaluatorTimeout"]
+__all__ = ["EvaluatorCrashed", "EvaluatorLost", "Evaluators", "EvaluatorTimeout", "default_memory_bytes"]
 
 EVALUATOR_NICENESS = 5
 # deaths that the bytes being processed cause; SIGKILL is the OOM killer or an operator
 INPUT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE}
+
+
+# measured on a model of 25 MB of keys: an evaluator maps 1.55 GB after its first run (0.38 GB resident), a
+# thread stack more per OpenMP thread (one per core), then 154 MB per key set it keeps and has run with (6 times
+# their serialized size); the default leaves about twice that
+BASE_MEMORY = 2 << 30
+CORE_MEMORY = 32 << 20
+KEY_SET_MEMORY_FACTOR = 16
+
+
+def default_memory_bytes(keys_bytes: int, keys_per_worker: int) -> int:
+    """Each evaluator's default memory ceiling, holding ``keys_per_worker`` key sets of ``keys_bytes`` bytes
+    serialized and reading one more: about twice what an evaluator of the measured model maps then."""
+    return (BASE_MEMORY + CORE_MEMORY * (os.cpu_count() or 1) + KEY_SET_MEMORY_FACTOR * keys_bytes * keys_per_worker
+            + evaluation.key_load_bytes(keys_bytes))
 
 
 class EvaluatorCrashed(Exception):
@@ -57,14 +72,17 @@ class Evaluators:
         Deserialized key sets each process keeps, by keys file.
     on_restart : callable, optional
         Called with the failure's class name whenever a process had to be replaced.
+    memory_bytes : int, optional
+        Each process's ceiling of private writable memory (``RLIMIT_DATA``); none by default.
+        Apart from it, reading a key set may only grow a process by ``key_load_bytes`` of its size.
     """
 
     def __init__(self, server_zip: "os.PathLike[str] | str", workers: Optional[int] = None, keys_per_worker: int = 4,
-                 on_restart: Optional[Callable[[str], None]] = None):
+                 on_restart: Optional[Callable[[str], None]] = None, memory_bytes: Optional[int] = None):
         self.workers = workers or os.cpu_count() or 1
         self._on_restart = on_restart or (lambda cause: None)
         # below the HTTP process's priority: health checks and refusals stay fast on a busy machine
-        self._initargs = (os.fspath(server_zip), keys_per_worker, EVALUATOR_NICENESS)
+        self._initargs = (os.fspath(server_zip), keys_per_worker, EVALUATOR_NICENESS, memory_bytes)
         self._lock = threading.Lock()
         self._pool = self._new_pool()
 
@@ -101,7 +119,9 @@ class Evaluators:
         except ValueError as unreadable:  # raised by the worker's own checks: the client's bytes
             raise PayloadError(str(unreadable)) from None
         except ProcessExpired as death:
-            if -death.exitcode in INPUT_SIGNALS:
+            if death.exitcode == evaluation.MEMORY_EXIT_STATUS:
+                failure = EvaluatorLost("the evaluator ran out of memory (its ceiling: --evaluator-memory-gb)")
+            elif -death.exitcode in INPUT_SIGNALS:
                 failure = EvaluatorCrashed(f"the evaluator died of {_signal_name(death.exitcode)}")
             else:
                 failure = EvaluatorLost(f"the evaluator died ({_signal_name(death.exitcode)})")
