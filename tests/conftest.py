@@ -15,25 +15,6 @@ from fheestimators._threads import one_torch_thread as _one_torch_thread
 configuration.set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "fheestimators-hypothesis")
 
 
-# Modules holding the suite's longest single tests (encrypted statistics, doc pages, subprocesses,
-# clusters), in the order they run first: a test of 20-60 s that starts last keeps one core busy
-# while the other has nothing left to take (design notes, suite time).
-LONGEST_FIRST = (
-    "fhe/test_simulation.py", "fhe/test_exit_status.py", "docs/test_docs_code.py", "deployment/test_cluster.py",
-    "deployment/test_hostile.py", "deployment/test_pipelines.py", "torch/test_spec_examples.py", "torch/test_qat.py",
-    "quantization/test_dead_lookups.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-    """Run ``LONGEST_FIRST``'s modules first, each kept whole (its module fixtures are made once)."""
-    def rank(item) -> int:
-        path = item.path.as_posix()
-        return next((i for i, name in enumerate(LONGEST_FIRST) if path.endswith("tests/" + name)), len(LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: the other modules keep their order
-
-
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """torch computes on one thread in the tests: pytest-xdist already runs a process per core,
