@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 distributed = pytest.importorskip("distributed")
+import dask  # noqa: E402
+from distributed.utils import get_mp_context  # noqa: E402
 
 from fheestimators.deployment import Client, PayloadError, RemoteModel, Server  # noqa: E402
 from fheestimators.deployment import container  # noqa: E402
@@ -28,6 +30,16 @@ from fheestimators.deployment.cluster import TASK_PREFIX, ClusterRunner, worker_
 
 from serving import Service  # noqa: E402
 from test_service import TIMEOUT, _holds_any, _secret_key_windows  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def forked_workers():
+    """The module's worker processes fork from a server that has imported the worker side, as dask's own
+    test suite does: started anew (spawn, dask's default), each of the dozen workers these tests start or
+    restart would import torch and concrete-python again (about 3 s of CPU each)."""
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        get_mp_context().set_forkserver_preload(["distributed", "fheestimators.deployment.cluster"])
+        yield
 
 
 @pytest.fixture(scope="module")
