@@ -27,7 +27,6 @@ import collections
 import io
 import json
 import multiprocessing
-import struct
 import sys
 import tempfile
 import threading
@@ -43,7 +42,7 @@ from _measure import log, machine, standardized_checkerboard  # noqa: E402
 from deployment import start_service  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deployment"))
-from crafted_keys import reframed  # noqa: E402
+from crafted_keys import declaring, reframed  # noqa: E402
 
 from fheestimators import NeuralNetClassifier  # noqa: E402
 from fheestimators.deployment import Client, RemoteModel, container, save  # noqa: E402
@@ -122,12 +121,7 @@ class Attacker:
 
     def _declared_bomb(self) -> bytes:
         body = container.pack("evaluation_keys", self.own.fingerprint, {"keys": bytes(1000)}, versions=self.versions)
-        # the header's own length rewritten with it: a longer claim in the same bytes would break the header
-        (length,) = struct.unpack_from(">I", body, 8)
-        header = json.loads(body[12 : 12 + length])
-        header["members"] = [["keys", 10_000_000_000]]
-        text = json.dumps(header).encode()
-        return body[:8] + struct.pack(">I", len(text)) + text + body[12 + length :]
+        return declaring(body, 10_000_000_000)
 
     @staticmethod
     def _zip_bomb() -> bytes:

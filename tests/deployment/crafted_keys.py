@@ -6,6 +6,7 @@ evaluation keys container).
 """
 from __future__ import annotations
 
+import json
 import struct
 
 # keys of this model's exact size whose framing does not describe their bytes
@@ -85,3 +86,15 @@ def amplified(raw: bytes, copies: int) -> bytes:
     struct.pack_into("<Q", crafted, pad, 1 | 6 << 32 | copies << 35)  # offset 0: the list follows its pad
     struct.pack_into(f"<{copies}Q", crafted, pad + 8, *[far] * copies)
     return bytes(crafted)
+
+
+def declaring(body: bytes, length: int) -> bytes:
+    """An evaluation keys container whose header claims ``length`` bytes for its ``keys`` member, its bytes unchanged.
+
+    The header's own length is rewritten with it: a longer claim in the same bytes would break the header's JSON.
+    """
+    (size,) = struct.unpack_from(">I", body, 8)
+    header = json.loads(body[12 : 12 + size])
+    header["members"] = [["keys", length]]
+    text = json.dumps(header).encode()
+    return body[:8] + struct.pack(">I", len(text)) + text + body[12 + size :]

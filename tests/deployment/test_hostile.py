@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import threading
 import time
 import zipfile
@@ -26,7 +25,7 @@ from fheestimators.deployment import Client, RemoteModel, Server, container
 from fheestimators.deployment import server as server_module
 from fheestimators.fhe import evaluation
 
-from crafted_keys import FRAMING_LIES, amplified, framing_lie, reframed
+from crafted_keys import FRAMING_LIES, amplified, declaring, framing_lie, reframed
 from serving import Service, metric
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
@@ -94,12 +93,7 @@ def _zip_bomb(method: int) -> bytes:
 
 def _declared_bomb(honest) -> bytes:
     """Our own format, claiming a 10 GB member behind a 1 KB body (the header's length rewritten to match)."""
-    body = _as_keys_of(b"\0" * 1000, honest)
-    (length,) = struct.unpack_from(">I", body, 8)
-    header = json.loads(body[12 : 12 + length])
-    header["members"] = [["keys", 10_000_000_000]]
-    text = json.dumps(header).encode()
-    return body[:8] + struct.pack(">I", len(text)) + text + body[12 + length :]
+    return declaring(_as_keys_of(b"\0" * 1000, honest), 10_000_000_000)
 
 
 @pytest.mark.parametrize("bomb", ["deflate", "bzip2", "lzma", "declared"])
