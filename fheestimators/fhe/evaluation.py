@@ -20,12 +20,13 @@ from typing import Optional
 
 from concrete import fhe
 
-__all__ = ["KEY_LOAD_FACTOR", "KEY_LOAD_SLACK", "MEMORY_EXIT_STATUS", "check_keys", "key_load_bytes", "load_keys",
-           "memory_mapped", "run", "start"]
+__all__ = ["HONEST_KEY_LOAD_FACTOR", "KEY_LOAD_FACTOR", "KEY_LOAD_SLACK", "MEMORY_EXIT_STATUS", "check_keys",
+           "key_load_bytes", "load_keys", "memory_mapped", "run", "start"]
 
 # an honest key set's deserialization needs about 4 times its serialized size (the bytes, Cap'n Proto's
-# copy, the keys; 3.9 for 25 MB, 4.0-4.5 for TinyCNN's 790 MB): a margin of about 2, plus allocator slack
-KEY_LOAD_FACTOR = 8
+# copy, the keys; 3.9 for 25 MB, 4.0-4.5 for TinyCNN's 790 MB): a margin of 2, plus allocator slack
+HONEST_KEY_LOAD_FACTOR = 4
+KEY_LOAD_FACTOR = 2 * HONEST_KEY_LOAD_FACTOR
 KEY_LOAD_SLACK = 128 << 20
 # what a process that ran out of memory outside key loads exits with: the service restarts it, blames no one
 MEMORY_EXIT_STATUS = 75
@@ -97,8 +98,9 @@ def _read_keys(keys_file: str) -> fhe.EvaluationKeys:
     except (RuntimeError, MemoryError) as error:
         text = str(error)
         if isinstance(error, MemoryError) or "Cannot allocate memory" in text or "bad_alloc" in text:
+            honest = HONEST_KEY_LOAD_FACTOR * len(data)
             raise ValueError(f"the evaluation keys need more than {allowed >> 20} MB of memory to load, where an "
-                             f"honest key set of their size needs about {(4 * len(data)) >> 20} MB: refused (crafted "
+                             f"honest key set of their size needs about {honest >> 20} MB: refused (crafted "
                              "to point many times at one payload?)") from None
         raise ValueError(f"the evaluation keys are damaged ({text.splitlines()[0][:200]})") from None
     finally:
