@@ -86,8 +86,14 @@ class Client:
 
         Returns the payload for ``Server.run`` (compressed ciphertexts, one per sample and input).
         """
+        return self.encrypt_quantized(*self.model.quantize(*X))
+
+    def encrypt_quantized(self, *q: np.ndarray) -> bytes:
+        """A batch of inputs quantized already (``QuantizedModule.quantize_input``'s integers), encrypted.
+
+        Nothing is checked or clipped: integers outside the circuit's inputs are the caller's error.
+        """
         self.keygen()
-        q = self.model.quantize(*X)
         samples = []
         for i in range(q[0].shape[0]):
             encrypted = self._client.encrypt(*(x[i : i + 1] for x in q))

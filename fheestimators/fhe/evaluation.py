@@ -21,7 +21,7 @@ from typing import Optional
 from concrete import fhe
 
 __all__ = ["HONEST_KEY_LOAD_FACTOR", "KEY_LOAD_FACTOR", "KEY_LOAD_SLACK", "MEMORY_EXIT_STATUS", "check_keys",
-           "key_load_bytes", "load_keys", "memory_mapped", "run", "start"]
+           "key_load_bytes", "load_keys", "memory_mapped", "probe", "run", "start"]
 
 # an honest key set's deserialization needs about 4 times its serialized size (the bytes, Cap'n Proto's
 # copy, the keys; 3.9 for 25 MB, 4.0-4.5 for TinyCNN's 790 MB): a margin of 2, plus allocator slack
@@ -122,3 +122,9 @@ def run(keys_file: str, values: list[bytes]) -> list[bytes]:
         os._exit(MEMORY_EXIT_STATUS)
     results = result if isinstance(result, tuple) else (result,)
     return [value.serialize() for value in results]
+
+
+def probe(keys_file: str, values: list[bytes]) -> int:
+    """One honest sample run here: the private memory this process maps afterwards, in bytes."""
+    run(keys_file, values)
+    return memory_mapped()

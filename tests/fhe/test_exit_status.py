@@ -15,7 +15,6 @@ assert circuit.encrypt_run_decrypt(3) == 4
 
 _ENDINGS = {
     "script_exit_3": ("script", "import sys\nsys.exit(3)\n", 3),
-    "script_raises": ("script", "raise RuntimeError('the user script fails')\n", 1),
     "pytest_fails": ("pytest", "def test_after_a_circuit():\n    assert False\n", 1),
     "pytest_passes": ("pytest", "def test_after_a_circuit():\n    assert True\n", 0),
 }

@@ -29,6 +29,7 @@ from ..container import PayloadError
 from ..server import Server
 from ..wire import unpack_values
 from .body import read_body, spool_body
+from .ceiling import check_ceiling
 from .jobs import DONE, Job, JobFailed, Jobs, QueueFull, UnknownJob
 from .keystore import BadToken, KeyStore, Quarantined, StoreFull, UnknownClient, keys_digest
 from .limits import GB, Limits
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # distributed is optional
 __all__ = ["create_app"]
 
 MB = 1 << 20
+# how long the startup trial of a chosen --evaluator-memory-gb may run one sample (or the sample timeout)
+CEILING_TIMEOUT_S = 120.0
 
 # the OpenAPI description of a raw binary body, which FastAPI cannot infer from a dependency
 BINARY_BODY = {"requestBody": {"required": True, "content": {
@@ -139,6 +142,13 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
               else default_memory_bytes(keys_size, limits.keys_per_worker))
     evaluators = Evaluators(read_artifact(model_dir, SERVER_FILE), 1 if dask else limits.workers,
                             limits.keys_per_worker, on_restart=restarted, memory_bytes=memory)
+    if limits.evaluator_memory_gb is not None:  # the default is sized from measurements; a choice is tried
+        try:
+            check_ceiling(model_dir, server, evaluators, memory, limits.keys_per_worker,
+                          min(limits.sample_timeout_s, CEILING_TIMEOUT_S))
+        except BaseException:
+            evaluators.close()
+            raise
     jobs = Jobs(server, evaluators, store, limits, metrics)
     sample_bytes = sum(server.header["input_bytes"])
     max_body = int(limits.max_body_mb * MB) if limits.max_body_mb is not None else None

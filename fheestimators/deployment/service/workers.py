@@ -111,6 +111,10 @@ class Evaluators:
         """One sample: a future of its serialized outputs."""
         return self._schedule(evaluation.run, (os.fspath(keys_file), values), timeout)
 
+    def probe(self, keys_file: Path, values: list[bytes], timeout: float) -> Future:
+        """One honest sample: a future of the private memory its process maps afterwards."""
+        return self._schedule(evaluation.probe, (os.fspath(keys_file), values), timeout)
+
     def outcome(self, future: Future):
         """The future's result, its failure translated: ``EvaluatorCrashed``, ``EvaluatorLost``,
         ``EvaluatorTimeout``, or ``PayloadError`` for bytes the worker could not read."""
