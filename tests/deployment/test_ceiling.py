@@ -12,19 +12,27 @@ import pytest
 
 from fheestimators.deployment import Server
 from fheestimators.deployment.artifacts import SERVER_FILE, read_artifact
-from fheestimators.deployment.service import Limits
-from fheestimators.deployment.service.app import create_app
+from fheestimators.deployment.service import Limits, app_from_environment
 from fheestimators.deployment.service.ceiling import check_ceiling, check_room
-from fheestimators.deployment.service.limits import GB
+from fheestimators.deployment.service.limits import ENV_KEY_STORE, ENV_MODEL_DIR, GB
 from fheestimators.deployment.service.workers import Evaluators
 
 
-def test_a_ceiling_an_evaluator_cannot_run_under_is_refused_at_startup(saved_classifier, tmp_path):
+def test_a_ceiling_an_evaluator_cannot_run_under_is_refused_at_startup(saved_classifier, tmp_path, monkeypatch,
+                                                                       capsys):
+    # as `fheestimators serve MODEL --evaluator-memory-gb 0.3` hands it to uvicorn's factory
+    limits = Limits(evaluator_memory_gb=0.3, sample_timeout_s=60)
+    for name, value in {**limits.to_environment(), ENV_MODEL_DIR: str(saved_classifier),
+                        ENV_KEY_STORE: str(tmp_path)}.items():
+        monkeypatch.setenv(name, value)
     start = time.monotonic()
-    with pytest.raises(ValueError, match=r"--evaluator-memory-gb 0.30 is too low for this model: an evaluator under "
-                                         r"it could not run one sample"):
-        create_app(saved_classifier, key_store=tmp_path, limits=Limits(evaluator_memory_gb=0.3, sample_timeout_s=60))
+    with pytest.raises(SystemExit) as exit_:
+        app_from_environment()
+    assert exit_.value.code == 2
     assert time.monotonic() - start < 60  # a refusal, not the timeout of a hung run
+    [line] = capsys.readouterr().err.splitlines()[-1:]
+    assert line.startswith("fheestimators serve: --evaluator-memory-gb 0.30 is too low for this model: an evaluator "
+                           "under it could not run one sample"), line
 
 
 def test_a_ceiling_that_runs_a_sample_must_also_hold_the_kept_key_sets(saved_classifier):

@@ -7,6 +7,7 @@ results), ``keystore`` (uploaded keys on disk, quarantine), ``limits`` (every bo
 use, so that ``fheestimators serve``'s own module stays light for its evaluator processes.
 """
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from ..._lazy import lazy_names
@@ -38,9 +39,13 @@ def app_from_environment() -> "FastAPI":
     if not model_dir:
         raise RuntimeError(f"set {ENV_MODEL_DIR} to the folder written by fheestimators.deployment.save, "
                            "or start the service with 'fheestimators serve MODEL_DIR'")
-    return create(model_dir, key_store=os.environ.get(ENV_KEY_STORE) or None,
-                  api_token=os.environ.get(ENV_API_TOKEN), limits=Limits.from_environment(),
-                  dask=os.environ.get(ENV_DASK) or None)
+    try:
+        return create(model_dir, key_store=os.environ.get(ENV_KEY_STORE) or None,
+                      api_token=os.environ.get(ENV_API_TOKEN), limits=Limits.from_environment(),
+                      dask=os.environ.get(ENV_DASK) or None)
+    except ValueError as error:  # a setting or an artefact the service cannot serve with: one line, not a traceback
+        print(f"fheestimators serve: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 __getattr__, __dir__ = lazy_names(__name__, _PUBLIC, globals())
