@@ -30,7 +30,7 @@ from .artifacts import CLIENT_FILE, PathLike, _write_atomically, fingerprint, re
 from .client import Client
 from .clientside import ClientModel
 from .container import PayloadError
-from .preprocessing import describe
+from .preprocessing import describe, outline
 from .remote import CLIENT_CACHE, RemoteError, RemoteModel
 from .service.limits import ENV_API_TOKEN
 
@@ -291,6 +291,7 @@ def describe_model(path: PathLike) -> dict:
         "feature_names": feature_names(model),
         "classes": None if model.classes is None else np.asarray(model.classes).tolist(),
         "preprocessing": None if steps is None else describe(steps),
+        "preprocessing_outline": None if steps is None else outline(steps),
         "input_shapes": shapes,
         "evaluation_keys_bytes": header.get("evaluation_keys_bytes"),
         "input_bytes": input_bytes,
@@ -325,7 +326,7 @@ def model_text(description: dict) -> str:
              f"fingerprint:      {description['fingerprint']}",
              f"features:         {features}"]
     if description["preprocessing"]:
-        lines.append(f"preprocessing:    {', '.join(description['preprocessing'])} (run here, in the clear)")
+        lines.append(f"preprocessing:    {description['preprocessing_outline']} (run here, in the clear)")
     shapes = ", ".join("(" + ", ".join(map(str, shape)) + ")" for shape in description["input_shapes"])
     lines.append(f"encrypted input:  {shapes} per sample")
     if description["classes"] is not None:

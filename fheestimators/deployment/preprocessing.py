@@ -158,6 +158,22 @@ def describe(preprocessing: Optional[Any]) -> list[str]:
     return [type(step).__name__ for step in steps(preprocessing)]
 
 
+def outline(preprocessing: Any) -> str:
+    """The preprocessing's structure in one line, for people: ``A → B``, ``ColumnTransformer(name: A → B; ...)``."""
+    if hasattr(preprocessing, "steps"):  # Pipeline
+        return " → ".join(outline(step) for _, step in preprocessing.steps if not _skipped(step))
+    if hasattr(preprocessing, "transformer_list") or hasattr(preprocessing, "transformers"):
+        named = getattr(preprocessing, "transformer_list", None) or getattr(preprocessing, "transformers_", None) \
+            or preprocessing.transformers
+        parts = [f"{item[0]}: {outline(item[1]) if not _skipped(item[1]) else item[1]}" for item in named]
+        return f"{type(preprocessing).__name__}({'; '.join(parts)})"
+    return type(preprocessing).__name__
+
+
+def _skipped(step: Any) -> bool:
+    return isinstance(step, str) and step in ("passthrough", "drop")
+
+
 def checked_frame(X: Any, feature_names: Sequence[str]) -> Any:
     """``X`` as a DataFrame with exactly the fitted columns, in the fitted order.
 

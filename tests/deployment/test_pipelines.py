@@ -83,6 +83,10 @@ def test_the_client_artefact_carries_the_preprocessing_not_the_server_one(pipeli
     assert list(client.model.classes) == ["no", "yes"]
     steps = preprocessing.describe(client.model.preprocessing)
     assert {"ColumnTransformer", "SimpleImputer", "StandardScaler", "MinMaxScaler", "OneHotEncoder"} <= set(steps)
+    # what `fheestimators info` shows: the structure, not every container on the way
+    assert preprocessing.outline(client.model.preprocessing).startswith(
+        "ColumnTransformer(size: SimpleImputer → StandardScaler; weight: MinMaxScaler; "
+        "colour: SimpleImputer → OneHotEncoder)")
     assert b"OneHotEncoder" not in (folder / "server.zip").read_bytes()
 
 
