@@ -14,8 +14,10 @@ same 2 cores) sends, in a loop:
 - jobs that fill the work queue.
 
 Printed: latency (median, 90th percentile) and samples/s of the honest clients in both
-phases (with ``--per-attack``, also beside each attack alone), the attacker's answers by
-status, the service process's peak memory, and the evaluators' restarts (from ``/metrics``).
+phases (with ``--per-attack``, also beside each attack alone) and the CPU time of the
+service's HTTP process meanwhile, the attacker's answers by status, the service
+process's peak memory, and the evaluators' restarts (from ``/metrics``). Each attack
+thread keeps its connection while the service keeps it open.
 
 The honest clients connect from 127.0.0.1, each attacker from an address of its own
 (127.0.0.2 and up: Linux routes all of 127.0.0.0/8 to this machine), as on the internet;
@@ -33,6 +35,7 @@ import collections
 import io
 import json
 import multiprocessing
+import os
 import socket
 import sys
 import tempfile
@@ -73,8 +76,15 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in lines if line.split("{")[0].split(" ")[0] == name)
 
 
-def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) -> dict:
-    """Each model predicts one row at a time for ``seconds``; latencies of the successes."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float, pid: int) -> dict:
+    """Each model predicts one row at a time for ``seconds``; latencies of the successes, and the CPU
+    time the service's HTTP process (where refusals are parsed) used meanwhile."""
     latencies, errors = [], collections.Counter()
     stop = time.monotonic() + seconds
 
@@ -89,7 +99,7 @@ def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) ->
                 errors[type(error).__name__] += 1
             i += 1
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds(pid)
     threads = [threading.Thread(target=loop, args=(model, k)) for k, model in enumerate(models)]
     for thread in threads:
         thread.start()
@@ -99,7 +109,7 @@ def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) ->
     return {"samples": len(latencies), "samples_per_s": round(len(latencies) / elapsed, 3),
             "latency_median_s": round(float(np.median(latencies)), 3) if latencies else None,
             "latency_p90_s": round(float(np.percentile(latencies, 90)), 3) if latencies else None,
-            "errors": dict(errors)}
+            "errors": dict(errors), "service_http_process_cpu_s": round(cpu_seconds(pid) - cpu, 2)}
 
 
 def probe_health(url: str, stop: threading.Event, latencies: list) -> None:
@@ -116,6 +126,7 @@ class Attacker:
 
     def __init__(self, url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, address: str):
         self.url, self.stop, self.address = url, threading.Event(), address
+        self._http: dict[tuple, httpx.Client] = {}  # by thread and address: connections are kept while served
         self.answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
         self.own = RemoteModel(url, folder, key_dir=work / f"attacker-{address}",
                                transport=httpx.HTTPTransport(local_address=address))
@@ -146,9 +157,11 @@ class Attacker:
         return buffer.getvalue()
 
     def _send(self, attack: str, method: str, path: str, **kwargs) -> httpx.Response:
+        http = self._http.get((threading.get_ident(), self.address))
+        if http is None:
+            http = self._http[threading.get_ident(), self.address] = from_address(self.address)
         try:
-            with from_address(self.address) as http:  # a new connection each time, as before
-                response = http.request(method, self.url + path, **kwargs)
+            response = http.request(method, self.url + path, **kwargs)
             self.answers[attack][response.status_code] += 1
             return response
         except httpx.HTTPError as error:
@@ -310,7 +323,7 @@ def main() -> None:
         for model in models:
             model._register_once()
         log(f"honest clients alone, {seconds:g} s")
-        alone = honest_phase(models, X_test, seconds)
+        alone = honest_phase(models, X_test, seconds, process.pid)
         attacker = Attacker(url, folder, foreign, X_test, work, "127.0.0.2")
         log("each attack once, alone")
         single = single_attacks(attacker, process.pid, models[0], X_test)
@@ -323,7 +336,7 @@ def main() -> None:
                                                                  answers, (name,), f"127.0.0.{10 + k}"))
             hostile.start()
             ready.wait(600)
-            one_by_one[name.rstrip("_")] = honest_phase(models, X_test, seconds)
+            one_by_one[name.rstrip("_")] = honest_phase(models, X_test, seconds, process.pid)
             stop.set()
             one_by_one[name.rstrip("_")]["attacker_answers"] = answers.get(timeout=600)
             hostile.join(60)
@@ -335,7 +348,7 @@ def main() -> None:
         ready.wait(600)
         health = threading.Thread(target=probe_health, args=(url, stop, health_latencies := []), daemon=True)
         health.start()
-        attacked = honest_phase(models, X_test, seconds)
+        attacked = honest_phase(models, X_test, seconds, process.pid)
         stop.set()
         attacker_answers = answers.get(timeout=600)
         hostile.join(60)
