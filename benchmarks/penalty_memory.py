@@ -4,7 +4,8 @@
 limits: refusals from N distinct addresses, one each. Printed per N: the counts kept
 (at most ``--max-address-counts``), the memory they hold (tracemalloc), microseconds per
 counted refusal and per check of an address (the check every request pays), and the
-memory left once the window has ended. Also the library's own moving-window strategy,
+memory left once the window has ended; and, first, the process's resident memory as one
+table sees up to a million addresses. Also the library's own moving-window strategy,
 measured and not used.
 
 Run: ``python benchmarks/penalty_memory.py > benchmarks/results_penalty_memory.json`` (about three minutes).
@@ -64,6 +65,22 @@ def crowd(n: int) -> dict:
             "memory_after_the_window_mb": round(after / 2**20, 2)}
 
 
+def resident(crowds: tuple) -> list:
+    """One table, ever more addresses: the process's resident memory grows no further once it is full."""
+    def rss_mb() -> float:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    penalties = Penalties(Limits())
+    penalties.refused("192.0.2.1")
+    time.sleep(0.1)
+    start, rows = rss_mb(), []
+    for k, n in enumerate(crowds):
+        for i in range(n):
+            penalties.refused(f"{address(i)}-{k}")
+        rows.append({"addresses": n, "counts_kept": penalties.counts, "resident_growth_mb": round(rss_mb() - start, 1)})
+    return rows
+
+
 def moving_window(n: int) -> dict:
     """The library's moving window on the same crowd: its sweep keeps every address's (empty) list."""
     storage = MemoryStorage()
@@ -79,7 +96,10 @@ def moving_window(n: int) -> dict:
 def main() -> None:
     results = {"machine": machine(), "limits": {name: getattr(Limits(), name) for name in (
         "address_window_s", "max_address_refusals", "max_address_uploads", "max_address_counts")},
-               "window_s_here": WINDOW_S, "crowds": []}
+               "window_s_here": WINDOW_S}
+    log("resident memory, up to a million addresses")  # first: later tables would reuse freed memory
+    results["resident"] = resident((1_000, 8_192, 100_000, 1_000_000))
+    results["crowds"] = []
     for n in (1_000, 8_192, 100_000):
         log(f"{n} addresses")
         results["crowds"].append(crowd(n))
