@@ -53,9 +53,9 @@ def test_an_address_refused_too_often_is_refused_before_its_body_is_read(saved_c
 
 
 def test_the_penalty_ends_with_its_window(saved_classifier, tmp_path):
-    app = _app(saved_classifier, tmp_path, max_address_refusals=2, address_window_s=1)
+    app = _app(saved_classifier, tmp_path, max_address_refusals=2, address_window_s=2)
     attacker = TestClient(app, client=ATTACKER)
-    for _ in range(50):  # a refusal to an unknown route costs ~1 ms: some 1-s window holds three
+    for _ in range(50):  # a refusal to an unknown route costs ~1 ms: some 2-s window holds three
         answer = attacker.get("/no-such-route")
         if answer.status_code == 429:
             break
