@@ -14,11 +14,19 @@ same 2 cores) sends, in a loop:
 - jobs that fill the work queue.
 
 Printed: latency (median, 90th percentile) and samples/s of the honest clients in both
-phases (with ``--per-attack``, also beside each attack alone), the attacker's answers by
-status, the service process's peak memory, and the evaluators' restarts (from ``/metrics``).
+phases (with ``--per-attack``, also beside each attack alone) and the CPU time of the
+service's HTTP process meanwhile, the attacker's answers by status, the service
+process's peak memory, and the evaluators' restarts (from ``/metrics``). Each attack
+thread keeps its connection while the service keeps it open.
+
+The honest clients connect from 127.0.0.1, each attacker from an address of its own
+(127.0.0.2 and up: Linux routes all of 127.0.0.0/8 to this machine), as on the internet;
+``--penalty`` adds what an address that keeps being refused costs, and what refusals from
+many addresses cost the service's memory.
 
 Run: ``python benchmarks/service_load.py > benchmarks/results_service_load.json``
-(about 10 minutes; ``--quick`` trains a small network for a smoke run).
+(about 10 minutes; ``--quick`` trains a small network for a smoke run). ``--before REF``
+runs it on git ref REF and on this tree, one after the other (``_versions.compare``).
 """
 from __future__ import annotations
 
@@ -27,6 +35,8 @@ import collections
 import io
 import json
 import multiprocessing
+import os
+import socket
 import sys
 import tempfile
 import threading
@@ -39,6 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import log, machine, standardized_checkerboard  # noqa: E402
+from _versions import report  # noqa: E402
 from deployment import start_service  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "deployment"))
@@ -48,11 +59,16 @@ from fheestimators import NeuralNetClassifier  # noqa: E402
 from fheestimators.deployment import Client, RemoteModel, container, save  # noqa: E402
 
 
-def peak_memory_mb(pid: int) -> float:
+def peak_memory_mb(pid: int, field: str = "VmHWM") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
+
+
+def from_address(address: str, timeout: float = 600) -> httpx.Client:
+    """An HTTP client whose connections come from ``address`` (one of 127.0.0.0/8)."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=timeout)
 
 
 def metric(url: str, name: str) -> float:
@@ -60,8 +76,15 @@ def metric(url: str, name: str) -> float:
     return sum(float(line.split()[-1]) for line in lines if line.split("{")[0].split(" ")[0] == name)
 
 
-def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) -> dict:
-    """Each model predicts one row at a time for ``seconds``; latencies of the successes."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float, pid: int) -> dict:
+    """Each model predicts one row at a time for ``seconds``; latencies of the successes, and the CPU
+    time the service's HTTP process (where refusals are parsed) used meanwhile."""
     latencies, errors = [], collections.Counter()
     stop = time.monotonic() + seconds
 
@@ -76,7 +99,7 @@ def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) ->
                 errors[type(error).__name__] += 1
             i += 1
 
-    started = time.monotonic()
+    started, cpu = time.monotonic(), cpu_seconds(pid)
     threads = [threading.Thread(target=loop, args=(model, k)) for k, model in enumerate(models)]
     for thread in threads:
         thread.start()
@@ -86,7 +109,7 @@ def honest_phase(models: list[RemoteModel], rows: np.ndarray, seconds: float) ->
     return {"samples": len(latencies), "samples_per_s": round(len(latencies) / elapsed, 3),
             "latency_median_s": round(float(np.median(latencies)), 3) if latencies else None,
             "latency_p90_s": round(float(np.percentile(latencies, 90)), 3) if latencies else None,
-            "errors": dict(errors)}
+            "errors": dict(errors), "service_http_process_cpu_s": round(cpu_seconds(pid) - cpu, 2)}
 
 
 def probe_health(url: str, stop: threading.Event, latencies: list) -> None:
@@ -101,10 +124,12 @@ def probe_health(url: str, stop: threading.Event, latencies: list) -> None:
 class Attacker:
     """Threads that send hostile requests until stopped; answers counted by attack and status."""
 
-    def __init__(self, url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path):
-        self.url, self.stop = url, threading.Event()
+    def __init__(self, url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, address: str):
+        self.url, self.stop, self.address = url, threading.Event(), address
+        self._http: dict[tuple, httpx.Client] = {}  # by thread and address: connections are kept while served
         self.answers: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-        self.own = RemoteModel(url, folder, key_dir=work / "attacker")
+        self.own = RemoteModel(url, folder, key_dir=work / f"attacker-{address}",
+                               transport=httpx.HTTPTransport(local_address=address))
         self.own._register_once()
         self.keys = self.own.client.evaluation_keys()
         header, members = container.unpack(self.keys, "evaluation_keys")
@@ -132,8 +157,11 @@ class Attacker:
         return buffer.getvalue()
 
     def _send(self, attack: str, method: str, path: str, **kwargs) -> httpx.Response:
+        http = self._http.get((threading.get_ident(), self.address))
+        if http is None:
+            http = self._http[threading.get_ident(), self.address] = from_address(self.address)
         try:
-            response = httpx.request(method, self.url + path, timeout=600, **kwargs)
+            response = http.request(method, self.url + path, **kwargs)
             self.answers[attack][response.status_code] += 1
             return response
         except httpx.HTTPError as error:
@@ -195,6 +223,7 @@ def single_attacks(attacker: "Attacker", pid: int, honest: RemoteModel, rows: np
     results = {}
     for i, (name, attack) in enumerate(attacks.items()):
         attacker.answers.clear()
+        attacker.address = f"127.0.0.{3 + i}"  # each from an address of its own: none pays for another's refusals
         before, start = peak_memory_mb(pid), time.perf_counter()
         attack(i if attack is attacker.bombs_ else 10_000 + i)
         seconds = time.perf_counter() - start - (1.0 if attack is attacker.crafted_ else 0.0)
@@ -208,10 +237,53 @@ def single_attacks(attacker: "Attacker", pid: int, honest: RemoteModel, rows: np
     return results
 
 
+def penalized_requests(url: str, pid: int, address: str, bomb: bytes, n: int = 20) -> dict:
+    """From an address that has been refused until the service penalizes it (or 50 times): what its
+    requests then cost, a bomb and a body declared but never sent."""
+    answers, seconds = collections.Counter(), []
+    with from_address(address) as http:
+        for _ in range(50):
+            if http.post(url + "/keys", content=bomb).status_code == 429:
+                break
+        before = peak_memory_mb(pid)
+        for _ in range(n):
+            start = time.perf_counter()
+            answers[http.post(url + "/keys", content=bomb).status_code] += 1
+            seconds.append(time.perf_counter() - start)
+    # headers declaring 10 MB, then nothing: served, the service waits for the body; penalized, it answers
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5, source_address=(address, 0)) as raw:
+        start = time.perf_counter()
+        raw.sendall(f"POST /keys HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10000000\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n".encode())
+        try:
+            first = raw.recv(64).split(b" ")[1].decode()
+        except (socket.timeout, IndexError):
+            first = "no answer within 5 s"
+        unsent = {"answer": first, "seconds": round(time.perf_counter() - start, 3)}
+    return {"bomb_answers": dict(answers), "bomb_seconds_median": round(float(np.median(seconds)), 4),
+            "bomb_seconds_max": round(max(seconds), 4),
+            "service_peak_memory_growth_mb": round(peak_memory_mb(pid) - before, 1),
+            "declared_10_mb_body_never_sent": unsent}
+
+
+def many_addresses(url: str, pid: int, n: int) -> dict:
+    """One refused request (an unknown route) from each of ``n`` addresses: the service's memory after."""
+    before, start = peak_memory_mb(pid, "VmRSS"), time.perf_counter()
+    answers = collections.Counter()
+    for i in range(n):
+        with from_address(f"127.1.{i // 250}.{i % 250 + 1}", timeout=30) as http:
+            answers[http.get(url + "/no-such-route").status_code] += 1
+    return {"addresses": n, "answers": dict(answers),
+            "seconds_per_request": round((time.perf_counter() - start) / n, 4),
+            "service_memory_growth_mb": round(peak_memory_mb(pid, "VmRSS") - before, 1),
+            "address_counts_kept": metric(url, "fheestimators_address_counts")}
+
+
 def attack_until(url: str, folder: Path, foreign: Path, rows: np.ndarray, work: Path, ready, stop, answers,
-                 names: tuple = Attacker.ATTACKS) -> None:
+                 names: tuple = Attacker.ATTACKS, address: str = "127.0.0.2") -> None:
     """The attacks ``names`` at once, in this process (not sharing the honest clients' interpreter), until ``stop``."""
-    attacker = Attacker(url, folder, foreign, rows, work)
+    attacker = Attacker(url, folder, foreign, rows, work, address)
     attacker.stop = stop
     attacker.start(names)
     ready.set()
@@ -225,7 +297,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0, help="length of each phase")
     parser.add_argument("--per-attack", action="store_true",
                         help="before all attacks at once, one phase beside each attack alone")
-    args = parser.parse_args()
+    parser.add_argument("--penalty", type=int, default=0, metavar="N",
+                        help="also: requests of a penalized address, and refusals from N addresses")
+    parser.add_argument("--before", help="git ref: run on it and on this tree, and print both")
+    parser.add_argument("--one-version", action="store_true", help="measure the imported code only (the default)")
+    args, _ = parser.parse_known_args()
+    if args.before and not args.one_version:
+        argv = sys.argv[1:]
+        del argv[argv.index("--before"):argv.index("--before") + 2]
+        report(__file__, argv, args.before)
+        return
     seconds = 30.0 if args.quick else args.seconds
     X_train, X_test, y_train, _ = standardized_checkerboard()
     settings = dict(max_epochs=5, module__n_hidden=16, rounding_threshold_bits=5) if args.quick else {}
@@ -242,34 +323,40 @@ def main() -> None:
         for model in models:
             model._register_once()
         log(f"honest clients alone, {seconds:g} s")
-        alone = honest_phase(models, X_test, seconds)
-        attacker = Attacker(url, folder, foreign, X_test, work)
+        alone = honest_phase(models, X_test, seconds, process.pid)
+        attacker = Attacker(url, folder, foreign, X_test, work, "127.0.0.2")
         log("each attack once, alone")
         single = single_attacks(attacker, process.pid, models[0], X_test)
         context = multiprocessing.get_context("spawn")
         one_by_one = {}
-        for name in Attacker.ATTACKS if args.per_attack else ():
+        for k, name in enumerate(Attacker.ATTACKS if args.per_attack else ()):
             log(f"honest clients beside one attack, {name.rstrip('_')}, {seconds:g} s")
             ready, stop, answers = context.Event(), context.Event(), context.Queue()
-            hostile = context.Process(target=attack_until,
-                                      args=(url, folder, foreign, X_test, work, ready, stop, answers, (name,)))
+            hostile = context.Process(target=attack_until, args=(url, folder, foreign, X_test, work, ready, stop,
+                                                                 answers, (name,), f"127.0.0.{10 + k}"))
             hostile.start()
             ready.wait(600)
-            one_by_one[name.rstrip("_")] = honest_phase(models, X_test, seconds)
+            one_by_one[name.rstrip("_")] = honest_phase(models, X_test, seconds, process.pid)
             stop.set()
             one_by_one[name.rstrip("_")]["attacker_answers"] = answers.get(timeout=600)
             hostile.join(60)
         log(f"honest clients beside the attacker (a process of its own), {seconds:g} s")
         ready, stop, answers = context.Event(), context.Event(), context.Queue()
-        hostile = context.Process(target=attack_until, args=(url, folder, foreign, X_test, work, ready, stop, answers))
+        hostile = context.Process(target=attack_until, args=(url, folder, foreign, X_test, work, ready, stop, answers,
+                                                             Attacker.ATTACKS, "127.0.0.20"))
         hostile.start()
         ready.wait(600)
         health = threading.Thread(target=probe_health, args=(url, stop, health_latencies := []), daemon=True)
         health.start()
-        attacked = honest_phase(models, X_test, seconds)
+        attacked = honest_phase(models, X_test, seconds, process.pid)
         stop.set()
         attacker_answers = answers.get(timeout=600)
         hostile.join(60)
+        penalty = {}
+        if args.penalty:
+            log("a penalized address's requests; refusals from many addresses")
+            penalty = {"penalized_address": penalized_requests(url, process.pid, "127.0.0.30", attacker.bombs[0]),
+                       "many_addresses": many_addresses(url, process.pid, args.penalty)}
         result = {
             "machine": machine(),
             "model": "NeuralNetClassifier(" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")",
@@ -285,6 +372,7 @@ def main() -> None:
             "health_latency_s_under_attack": {"max": round(max(health_latencies), 4),
                                               "median": round(float(np.median(health_latencies)), 4),
                                               "probes": len(health_latencies)},
+            **penalty,
         }
         print(json.dumps(result, indent=1))
     finally:

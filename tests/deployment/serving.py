@@ -13,6 +13,9 @@ import httpx
 import pytest
 
 SERVE = [sys.executable, "-m", "fheestimators.deployment", "serve"]
+# for the modules whose attacks and honest clients all come from 127.0.0.1: no address penalty
+# may stop their checks (test_penalty.py tests it)
+UNPENALIZED = ("--max-address-refusals", "1000000", "--max-address-uploads", "1000000")
 
 
 class Service:

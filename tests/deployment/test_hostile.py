@@ -26,10 +26,11 @@ from fheestimators.deployment import server as server_module
 from fheestimators.fhe import evaluation
 
 from crafted_keys import FRAMING_LIES, amplified, declaring, framing_lie, reframed
-from serving import Service, metric
+from serving import UNPENALIZED, Service, metric
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
-          "--body-timeout-s", "3", "--max-clients", "6", "--sample-timeout-s", "60", "--key-check-timeout-s", "10"]
+          "--body-timeout-s", "3", "--max-clients", "6", "--sample-timeout-s", "60", "--key-check-timeout-s", "10",
+          *UNPENALIZED]
 TIMEOUT = 120.0
 BOMB_MB = 32
 MEMORY_MB = 64  # the most any single attack may add to the service's peak memory
@@ -77,9 +78,11 @@ def _as_keys_of(raw: bytes, honest: RemoteModel) -> bytes:
                           versions=container.unpack(honest.client.evaluation_keys(), "evaluation_keys")[0]["versions"])
 
 
-def _post(service, path: str, body, headers=None) -> tuple[httpx.Response, float]:
+def _post(service, path: str, body, headers=None, source: str = "127.0.0.1") -> tuple[httpx.Response, float]:
+    """POST from the address ``source`` (any of 127.0.0.0/8)."""
     start = time.monotonic()
-    response = httpx.post(service.url + path, content=body, headers=headers or {}, timeout=TIMEOUT)
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=TIMEOUT) as http:
+        response = http.post(service.url + path, content=body, headers=headers or {})
     return response, time.monotonic() - start
 
 
@@ -142,15 +145,18 @@ def test_the_service_refuses_keys_whose_framing_lies(craft, service, honest, for
 
 def test_keys_that_crash_the_evaluator_are_quarantined(service, honest, foreign, rows, still_serving):
     # another model's keys grown to this model's size by a segment their framing declares: they load, then crash
-    # concrete-python's keyswitch
+    # concrete-python's keyswitch; sent from an address of their own, which the quarantine penalizes at once
     crafted = _as_keys_of(reframed(_raw(foreign.keys), len(_keys_of(honest.client))), honest)
-    created, _ = _post(service, "/keys", crafted)
+    created, _ = _post(service, "/keys", crafted, source="127.0.0.2")
     assert created.status_code == 201, created.text
     auth = {"Authorization": f"Bearer {created.json()['token']}"}
     path = f"/clients/{created.json()['client_id']}/predict"
-    crashed, seconds = _post(service, path, honest.client.encrypt(rows[:1]), auth)
+    crashed, seconds = _post(service, path, honest.client.encrypt(rows[:1]), auth, source="127.0.0.2")
     assert crashed.status_code == 400 and "died of SIGSEGV" in crashed.json()["detail"], crashed.text
     assert seconds < 60
+    penalized, _ = _post(service, "/keys", b"not keys", source="127.0.0.2")
+    assert penalized.status_code == 429 and int(penalized.headers["Retry-After"]) > 0
+    # from another address, the client's token and the same bytes meet the quarantine itself
     refused, seconds = _post(service, path, honest.client.encrypt(rows[:1]), auth)
     assert refused.status_code == 403 and "quarantined" in refused.json()["detail"]
     again, seconds = _post(service, "/keys", crafted)

@@ -26,7 +26,7 @@ from fheestimators.deployment import fingerprint as fingerprint_of
 from fheestimators.deployment.service import Limits, create_app
 from fheestimators.deployment.service.keystore import CLIENT_ID, KeyStore
 
-from serving import Service, served
+from serving import UNPENALIZED, Service, served
 
 TIMEOUT = 120.0
 
@@ -58,8 +58,8 @@ def key_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(saved_classifier, key_store, tmp_path_factory):
     """Started here, waited for in ``url``: it boots while the client keys are generated."""
-    with Service(saved_classifier, key_store, tmp_path_factory.mktemp("log") / "service.log").start("--workers", "2") \
-            as service:
+    service = Service(saved_classifier, key_store, tmp_path_factory.mktemp("log") / "service.log")
+    with service.start("--workers", "2", *UNPENALIZED) as service:
         yield service
 
 
@@ -116,7 +116,7 @@ def test_a_restarted_service_keeps_the_uploaded_keys(service, remote, classifier
     remote._register_once()  # registered before the restart, also when this test runs alone
     service.stop(signal.SIGKILL)
     # one worker now: the store, not the worker layout, must carry the clients (and it boots faster)
-    service.start("--workers", "1").wait_ready()
+    service.start("--workers", "1", *UNPENALIZED).wait_ready()
     again = RemoteModel(service.url, key_dir=key_dirs[0], timeout=TIMEOUT, fingerprint=remote.client.fingerprint)
     remotes.append(again)
     np.testing.assert_array_equal(again.predict(rows[-1:]), classifier.predict(rows[-1:]))

@@ -5,7 +5,8 @@ with the client, so neither the service nor anyone reading its disk can read the
 or the predictions. Every byte of a request is hostile until parsed: bodies are bounded
 (``body``), native work on them runs in supervised processes (``workers``), work is
 admitted into a bounded queue with deadlines (``jobs``), and the key store is bounded
-(``keystore``). ``Limits`` holds every bound.
+(``keystore``); an address whose requests keep being refused is refused unread
+(``penalties``). ``Limits`` holds every bound.
 """
 # no "from __future__ import annotations": FastAPI reads the closures' Annotated dependencies at runtime
 import asyncio
@@ -35,6 +36,7 @@ from .keystore import BadToken, KeyStore, Quarantined, StoreFull, UnknownClient,
 from .limits import GB, Limits
 from .logs import event
 from .metrics import Metrics, RequestCounter
+from .penalties import Penalties, PenaltyGate, blame, client_address
 from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout, default_memory_bytes
 
 if TYPE_CHECKING:  # distributed is optional
@@ -149,7 +151,8 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         except BaseException:
             evaluators.close()
             raise
-    jobs = Jobs(server, evaluators, store, limits, metrics)
+    penalties = Penalties(limits, metrics)
+    jobs = Jobs(server, evaluators, store, limits, metrics, penalties)
     sample_bytes = sum(server.header["input_bytes"])
     max_body = int(limits.max_body_mb * MB) if limits.max_body_mb is not None else None
     keys_limit = max_body or keys_size + MB
@@ -188,9 +191,9 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         return unpack_values(body, "inputs", server.fingerprint, n_args=server.header["n_inputs"],
                              sizes=server.header["input_bytes"], max_samples=max_samples)
 
-    def submit(client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool) -> Job:
+    def submit(request: Request, client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool) -> Job:
         try:
-            return jobs.submit(client_id, keys_file, samples, keep=keep)
+            return jobs.submit(client_id, keys_file, samples, keep=keep, address=client_address(request.scope))
         except QueueFull as full:
             raise Refused(JobFailed(429, str(full), full.retry_after)) from None
 
@@ -220,6 +223,8 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
         ],
     )
     _add_error_handlers(app)
+    # inside the counter, so that the requests it refuses are counted too
+    app.add_middleware(PenaltyGate, penalties=penalties, metrics=metrics)
     app.add_middleware(RequestCounter, metrics=metrics)
     app.mount("/metrics", metrics.asgi_app())
 
@@ -250,12 +255,20 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
               responses={400: _problem("Not evaluation keys of this model, or keys that crashed or hung it"),
                          401: _problem("Missing or wrong API token"),
                          413: _problem("Body larger than the service takes"),
-                         429: _problem("Too many uploads at once: retry after Retry-After seconds"),
+                         429: _problem("Too many uploads at once, or from this address: retry after "
+                                       "Retry-After seconds"),
                          507: _problem("The key store is full")})
     async def upload_keys(request: Request) -> ClientCreated:
+        address = client_address(request.scope)
         if uploads.locked():
+            blame(request, 1)
             raise Refused(JobFailed(429, f"the service reads {limits.max_uploads} key uploads at a time: retry",
                                     retry_after=5))
+        wait = penalties.take_upload(address)
+        if wait is not None:
+            blame(request, 1)
+            raise Refused(JobFailed(429, f"this address started {limits.max_address_uploads} key uploads within "
+                                         f"{limits.address_window_s} s, the most it may: retry", retry_after=wait))
         async with uploads:
             start = time.monotonic()
             spooled = await spool_body(request, keys_limit, limits.body_timeout_s,
@@ -268,7 +281,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
                 await evaluators.wait(evaluators.check_keys(store.keys_file(client_id), limits.key_check_timeout_s))
             except (EvaluatorCrashed, EvaluatorTimeout) as error:
                 store.discard(client_id)
-                jobs.quarantine(digest, error)
+                jobs.quarantine(digest, error, address=address)
                 raise Refused(JobFailed(400, f"{error} while loading these evaluation keys: they are refused, "
                                              "now and if sent again")) from None
             except EvaluatorLost as error:
@@ -324,7 +337,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
                       keys_file: Annotated[Path, Depends(authenticated_client)]) -> Response:
         # the token is checked before the body is read: strangers cannot make us buffer it
         samples = await samples_of(request, predict_limit, limits.max_samples)
-        job = await jobs.wait(submit(client_id, keys_file, samples, keep=False), request.is_disconnected)
+        job = await jobs.wait(submit(request, client_id, keys_file, samples, keep=False), request.is_disconnected)
         if job.status != DONE:
             raise Refused(job.error)
         return Response(job.result, media_type="application/octet-stream")
@@ -341,7 +354,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
     async def submit_job(client_id: str, request: Request, response: Response,
                          keys_file: Annotated[Path, Depends(authenticated_client)]) -> JobStatus:
         samples = await samples_of(request, job_limit, limits.max_job_samples)
-        job = submit(client_id, keys_file, samples, keep=True)
+        job = submit(request, client_id, keys_file, samples, keep=True)
         response.headers["Location"] = f"/clients/{client_id}/jobs/{job.id}"
         return JobStatus(**job.describe())
 

@@ -26,6 +26,7 @@ from .keystore import KeyStore
 from .limits import Limits
 from .logs import event
 from .metrics import Metrics
+from .penalties import Penalties
 from .workers import EvaluatorCrashed, EvaluatorLost, Evaluators, EvaluatorTimeout
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Job:
     id: str
     client_id: str
     total: int
+    address: Optional[str] = None  # the submitter's, for the penalty of a quarantine its bytes cause
     created: float = field(default_factory=time.monotonic)
     status: str = QUEUED
     done: int = 0
@@ -87,9 +89,9 @@ class Jobs:
     """The service's FHE work, run on ``evaluators`` (or on ``server``'s dask cluster)."""
 
     def __init__(self, server: "Server", evaluators: Evaluators, store: KeyStore, limits: Limits,
-                 metrics: Metrics):
-        self.server, self.evaluators, self.store, self.limits, self.metrics = (
-            server, evaluators, store, limits, metrics)
+                 metrics: Metrics, penalties: Optional[Penalties] = None):
+        self.server, self.evaluators, self.store, self.limits, self.metrics, self.penalties = (
+            server, evaluators, store, limits, metrics, penalties)
         self._jobs: dict[str, Job] = {}
         self._queued: dict[str, int] = {}  # samples waiting or running, by client
         self._slots: dict[str, asyncio.Semaphore] = {}  # samples in the pool at a time, by client
@@ -101,8 +103,12 @@ class Jobs:
         return sum(self._queued.values())
 
     # ------------------------------------------------------------ submitting
-    def submit(self, client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool = True) -> Job:
-        """Queue the samples; ``keep`` registers the job for polling (the job API) until its TTL."""
+    def submit(self, client_id: str, keys_file: Path, samples: list[list[bytes]], keep: bool = True,
+               address: Optional[str] = None) -> Job:
+        """Queue the samples; ``keep`` registers the job for polling (the job API) until its TTL.
+
+        ``address`` is the client's, which a quarantine caused by these samples penalizes.
+        """
         self.sweep()
         n, queued, mine = len(samples), self.queued_samples, self._queued.get(client_id, 0)
         if queued + n > self.limits.max_queued_samples:
@@ -114,7 +120,7 @@ class Jobs:
         if keep and len(self._jobs) >= self.limits.max_jobs:
             raise QueueFull(f"the service remembers {len(self._jobs)} jobs, its limit: fetch finished results "
                             "or retry later", self._retry_after())
-        job = Job(id=secrets.token_urlsafe(16), client_id=client_id, total=n, outputs=[None] * n)
+        job = Job(id=secrets.token_urlsafe(16), client_id=client_id, total=n, outputs=[None] * n, address=address)
         self._queued[client_id] = mine + n
         self.metrics.queued_samples.set(self.queued_samples)
         run_on = self._on_cluster if self._threads is not None else self._on_evaluators
@@ -159,9 +165,13 @@ class Jobs:
             if job.finished_at is not None and now - job.finished_at > self.limits.result_ttl_s:
                 del self._jobs[job_id]
 
-    def quarantine(self, digest: str, cause: Exception, client_id: Optional[str] = None) -> None:
-        """Refuse these keys (and their client, once it exists) from now on; counted and logged."""
+    def quarantine(self, digest: str, cause: Exception, client_id: Optional[str] = None,
+                   address: Optional[str] = None) -> None:
+        """Refuse these keys (and their client, once it exists) from now on; counted, logged, and
+        held against the ``address`` that sent them."""
         self.store.quarantine(digest, client_id)
+        if self.penalties is not None:
+            self.penalties.quarantined(address)
         self.metrics.quarantined.inc()
         event("keys_quarantined", logging.WARNING, at="run" if client_id else "upload", cause=type(cause).__name__,
               client_id=client_id)
@@ -215,7 +225,7 @@ class Jobs:
             failure = JobFailed(400, str(error))
         elif isinstance(error, (EvaluatorCrashed, EvaluatorTimeout)):
             # the client's own keys or ciphertexts did it: they must not do it again
-            self.quarantine(self.store.digest_of(job.client_id) or "", error, job.client_id)
+            self.quarantine(self.store.digest_of(job.client_id) or "", error, job.client_id, job.address)
             failure = JobFailed(400, f"{error} on this client's bytes; its keys are quarantined: generate a new "
                                      "key set and upload it")
         elif isinstance(error, EvaluatorLost):

@@ -52,6 +52,13 @@ class Limits:
     max_jobs: int = _limit(256, "jobs remembered (queued, running or finished)")
     max_uploads: int = _limit(2, "key uploads read at the same time")
     body_timeout_s: float = _limit(600.0, "seconds a client may take to send a request body")
+    address_window_s: int = _limit(60, "seconds over which each client address's refusals and key uploads "
+                                       "are counted")
+    max_address_refusals: int = _limit(10, "requests of one address refused for what they sent (4xx) within the "
+                                           "window before its every request gets 429 until the window ends")
+    max_address_uploads: int = _limit(10, "key uploads one address may start within the window")
+    max_address_counts: int = _limit(8192, "counts kept at once, one per client address for its refusals and "
+                                           "one for its uploads (bounds their memory)")
     max_body_mb: Optional[float] = _limit(None, "largest body in MB (default: one key set for uploads, "
                                                 "one request's samples for predictions, plus 1 MB)")
 

@@ -38,6 +38,13 @@ class Metrics:
                                    registry=self.registry)
         self.refused_uploads = Counter("fheestimators_refused_key_uploads", "key uploads refused, by status",
                                        ["status"], registry=self.registry)
+        self.penalized_requests = Counter("fheestimators_penalized_requests", "requests refused 429 unread: "
+                                          "their address was refused too often", registry=self.registry)
+        self.address_counts = Gauge("fheestimators_address_counts", "counts of refusals or uploads kept, "
+                                    "one per client address and kind", registry=self.registry)
+        self.untracked_refusals = Counter("fheestimators_untracked_refusals", "refusals and uploads not counted "
+                                          "against their address: too many addresses at once",
+                                          registry=self.registry)
 
     def asgi_app(self) -> ASGIApp:
         return make_asgi_app(self.registry)
