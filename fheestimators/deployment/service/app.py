@@ -260,8 +260,7 @@ def create_app(model_dir: PathLike, key_store: Union[PathLike, KeyStore, None] =
                          507: _problem("The key store is full")})
     async def upload_keys(request: Request) -> ClientCreated:
         address = client_address(request.scope)
-        if uploads.locked():
-            blame(request, 1)
+        if uploads.locked():  # the service's load, not this client's doing: not counted against its address
             raise Refused(JobFailed(429, f"the service reads {limits.max_uploads} key uploads at a time: retry",
                                     retry_after=5))
         wait = penalties.take_upload(address)

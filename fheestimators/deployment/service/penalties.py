@@ -2,12 +2,12 @@
 
 Each client address (``request.client.host``; an IPv6 address by its /64) has a count
 of the requests refused for what they sent (a 4xx other than 409 and 429: bad bodies,
-keys, tokens or ids), of key uploads refused as too many (429), and of quarantines its
-keys caused (each worth the whole bound). Once an address has
+keys, tokens or ids), of key uploads refused as too many from it (429), and of
+quarantines its keys caused (each worth the whole bound). Once an address has
 ``Limits.max_address_refusals`` within ``Limits.address_window_s`` of its first one,
 every request of it gets 429 with ``Retry-After`` until that window ends, decided from
-its headers alone. A 429 for the service's own load (a full queue) is not the client's
-fault and is not counted. The key uploads an address may start in a window are bounded
+its headers alone. A 429 for the service's own load (a full queue, uploads being read)
+is not the client's fault and is not counted. The key uploads an address may start in a window are bounded
 too (``max_address_uploads``).
 
 The counts are fixed windows of the ``limits`` library, in its in-memory storage, which
