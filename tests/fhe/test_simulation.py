@@ -283,3 +283,5 @@ def test_each_lookup_has_its_own_tag_and_wrap_width():
     noise = LookupNoise.from_circuit(module.fhe_circuit)
     tags = [step.tag for step in module.program.table_lookups]
     assert len(set(tags)) == len(tags) and set(tags) <= set(noise.bit_widths)
+    rounded = {step.tag for step in module.program.table_lookups if step.lsbs_to_remove}
+    assert rounded and set(noise.middle_shifts) == rounded and min(noise.middle_shifts.values()) > 0
