@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from statistics import NormalDist
 from typing import Optional, Sequence
@@ -61,19 +62,26 @@ class LookupNoise:
       and one near the middle goes either way. This is far more frequent than
       ``p_error``: at ``p_error=0.02`` about 17% of the lookups read the other entry
       (17.0% of 1,920 lookups in concrete-python's encrypted runs, 4 bits removed).
-      The middle is half an accumulator unit below where rounding half up turns
-      (concrete-python's encoding), and that is where the draw puts it.
+      The middle sits ``2**(w - 1) / N`` accumulator units below rounding half up's
+      (``w`` the accumulator's width in the circuit, ``N`` the bootstrap's polynomial size):
+      concrete-python adds just under half a unit before the read, and the bootstrap,
+      which reads one of ``2 * N`` positions, gives the next entry from the first position
+      of its half, half a position early (``middle_shifts``; design-notes).
 
     Values beyond the bit-width concrete chose for a lookup wrap around as they would
     in FHE. With exact rounding and a negligible ``p_error`` the simulation equals the
     clear run.
     """
 
-    def __init__(self, p_error: float, bit_widths: Optional[dict[str, int]] = None, seed: Optional[int] = None):
+    def __init__(self, p_error: float, bit_widths: Optional[dict[str, int]] = None, seed: Optional[int] = None,
+                 middle_shifts: Optional[dict[str, float]] = None):
         self.p_error = float(p_error)
         # the noise's standard deviation, in table entries
         self.sigma = 0.5 / -NormalDist().inv_cdf(self.p_error / 2) if self.p_error > 0 else 0.0
         self.bit_widths = dict(bit_widths or {})
+        #: per approximately rounded lookup, how far (accumulator units) below rounding half up's
+        #: middle the bootstrap's noise sends a value to either entry
+        self.middle_shifts = dict(middle_shifts or {})
         self.reseed(seed)
         self._row_keys: Optional[np.ndarray] = None
 
@@ -85,8 +93,14 @@ class LookupNoise:
         bootstraps of its own on the wider accumulator, so only the table read counts.
         A rounded value wraps at the width it was traced (or hinted) with, even when
         concrete-python carries it on more bits: it scales it up to the wider type first.
+        An approximately rounded lookup's middle shift comes from the width of the
+        ciphertext it reads and the polynomial size of its bootstrap key.
         """
         bit_widths: dict[str, int] = {}
+        middle_shifts: dict[str, float] = {}
+        polynomial_size = _polynomial_sizes(circuit)
+        symmetrized = circuit.configuration.approximate_rounding_config.symetrize_deltas
+        default_exactness = circuit.configuration.rounding_exactness
         for node in circuit.graph.query_nodes(custom_filter=lambda n: n.converted_to_table_lookup):
             if node.properties.get("name") == "round_bit_pattern":
                 continue
@@ -96,7 +110,14 @@ class LookupNoise:
                          for p in preds if p.output.is_encrypted), default=None)
             if width is not None:
                 bit_widths[node.tag] = max(bit_widths.get(node.tag, 0), width)
-        return cls(circuit.p_error, bit_widths, seed)
+            for rounding in preds:
+                if (rounding.properties.get("name") == "round_bit_pattern" and polynomial_size(node.tag)
+                        and (rounding.properties.get("exactness") or default_exactness) == fhe.Exactness.APPROXIMATE):
+                    # half a position of the 2 N the bootstrap reads; concrete-python's half unit offsets the other half
+                    shift = 2 ** (_encoded_width(circuit, rounding) - 1) / polynomial_size(node.tag)
+                    middle_shifts[node.tag] = shift if symmetrized else shift - 0.5
+                    break
+        return cls(circuit.p_error, bit_widths, seed, middle_shifts)
 
     def reseed(self, seed: Optional[int]) -> None:
         sequence = np.random.SeedSequence(seed)
@@ -147,8 +168,9 @@ class LookupNoise:
         """The rounded input the table reads, from the lookup's spread input ``x``."""
         unit = 1 << step.lsbs_to_remove
         if unit > 1 and step.exactness == "approximate":
-            # the removed bits stay: the position is between entries
-            position = (x + unit // 2 + 0.5) / unit
+            # the removed bits stay: the position is between entries; without noise, rounding half up's
+            shift = self.middle_shifts.get(step.tag, 0.0) if self.sigma > 0 else 0.0
+            position = (x + unit // 2 + 0.5 + shift) / unit
         elif unit > 1 and self.sigma > 0:
             # exact rounding's own bootstraps may leave the value between entries
             position = self._exactly_rounded(step, x) / unit + 0.5
@@ -166,6 +188,47 @@ class LookupNoise:
             else:
                 x = x % (1 << width)
         return x
+
+
+def _encoded_width(circuit: fhe.Circuit, rounding) -> int:
+    """The width of the ciphertext an approximately rounded lookup reads: its accumulator's,
+    or, when concrete-python carries the accumulator on more bits, the width it scales it back to."""
+    accumulator = circuit.graph.ordered_preds_of(rounding)[0]
+    carried = accumulator.output.dtype.bit_width
+    original = accumulator.properties.get("original_bit_width", carried)
+    if carried == original:
+        return carried
+    protected = rounding.properties.get("overflow_protection") and rounding.properties.get("overflow_detected")
+    return original + 1 if protected else original
+
+
+def _polynomial_sizes(circuit: fhe.Circuit):
+    """``tag -> N``, the polynomial size of the bootstrap key a lookup's table is read with."""
+    keys = circuit.client.specs.program_info.get_keyset_info().bootstrap_keys()
+    sizes = {key.polynomial_size() for key in keys}
+    if len(sizes) == 1:
+        size = sizes.pop()
+        return lambda tag: size
+    per_tag: dict[str, int] = {}
+    try:
+        # several parameter sets: the compiler's feedback names each bootstrap's key and tag (in its
+        # location; concrete-python's own per-tag statistics drop tags with '/' or '#', as ours have)
+        from concrete.compiler import KeyType, PrimitiveOperation
+
+        feedback = circuit.server._library.get_program_compilation_feedback()
+        for function in circuit.client.specs.program_info.function_list():
+            for statistic in feedback.get_circuit_feedback(function).statistics:
+                found = re.match(r'loc\("@(.*?) \| ', statistic.location)
+                if statistic.operation != PrimitiveOperation.PBS or found is None:
+                    continue
+                for key_type, index in statistic.keys:
+                    if key_type == KeyType.BOOTSTRAP:
+                        tag = found.group(1)
+                        per_tag[tag] = max(per_tag.get(tag, 0), keys[index].polynomial_size())
+    except Exception:  # an internal API that may move: the largest N then, the smallest shift
+        per_tag = {}
+    largest = max(sizes, default=None)  # no bootstrap key: no lookup reads one
+    return lambda tag: per_tag.get(tag, largest)
 
 
 # Counter-based draws (splitmix64's finalizer): a draw is a function of its row, lookup and
