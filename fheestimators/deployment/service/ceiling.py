@@ -36,7 +36,8 @@ def check_ceiling(model_dir: PathLike, server: Server, evaluators: Evaluators, m
     """
     client = Client(model_dir)
     keys = server.check_evaluation_keys(client.evaluation_keys())
-    inputs = [np.zeros((1, *shape), dtype=np.int64) for shape in client.model.sample_shapes]
+    inputs = [np.full((1, *shape), low, dtype=np.int64)  # the lowest value each input can take
+              for shape, (low, _) in zip(client.model.sample_shapes, client.model.input_ranges)]
     [values] = unpack_values(client.encrypt_quantized(*inputs), "inputs", server.fingerprint)
     with tempfile.TemporaryDirectory(prefix="fheestimators-ceiling-") as folder:
         keys_file = Path(folder) / "keys"
