@@ -36,8 +36,6 @@ class Metrics:
                                      ["cause"], registry=self.registry)
         self.quarantined = Counter("fheestimators_quarantined_key_sets", "key sets quarantined",
                                    registry=self.registry)
-        self.refused_uploads = Counter("fheestimators_refused_key_uploads", "key uploads refused, by status",
-                                       ["status"], registry=self.registry)
         self.penalized_requests = Counter("fheestimators_penalized_requests", "requests refused 429 unread: "
                                           "their address was refused too often", registry=self.registry)
         self.address_counts = Gauge("fheestimators_address_counts", "counts of refusals or uploads kept, "
