@@ -61,18 +61,29 @@ def qualified_name(obj: Any) -> str:
 def steps(preprocessing: Any) -> Iterator[Any]:
     """Every estimator in ``preprocessing``, containers included (depth first)."""
     yield preprocessing
-    children: Sequence = ()
-    if hasattr(preprocessing, "steps"):  # Pipeline
-        children = [step for _, step in preprocessing.steps]
-    elif hasattr(preprocessing, "transformer_list"):  # FeatureUnion
-        children = [step for _, step in preprocessing.transformer_list]
-    elif hasattr(preprocessing, "transformers"):  # ColumnTransformer: fitted ones first, remainder included
-        fitted = getattr(preprocessing, "transformers_", None)
-        children = [step for _, step, _ in (fitted if fitted is not None else preprocessing.transformers)]
-        children += [columns for _, _, columns in preprocessing.transformers if callable(columns)]  # selectors
+    children = [step for _, step in _named_children(preprocessing)]
+    if hasattr(preprocessing, "transformers"):  # a ColumnTransformer's column selectors are objects too
+        children += [columns for _, _, columns in preprocessing.transformers if callable(columns)]
     for child in children:
-        if not (isinstance(child, str) and child in ("passthrough", "drop")):
+        if not _skipped(child):
             yield from steps(child)
+
+
+def _named_children(preprocessing: Any) -> list[tuple[str, Any]]:
+    """``(name, step)`` of a container: a Pipeline's, a FeatureUnion's, or a ColumnTransformer's (fitted
+    ones first, remainder included); none for anything else."""
+    if hasattr(preprocessing, "steps"):  # Pipeline
+        return list(preprocessing.steps)
+    if hasattr(preprocessing, "transformer_list"):  # FeatureUnion
+        return list(preprocessing.transformer_list)
+    if hasattr(preprocessing, "transformers"):  # ColumnTransformer
+        fitted = getattr(preprocessing, "transformers_", None)
+        return [(name, step) for name, step, _ in (fitted if fitted is not None else preprocessing.transformers)]
+    return []
+
+
+def _skipped(step: Any) -> bool:
+    return isinstance(step, str) and step in ("passthrough", "drop")
 
 
 def check_trusted(preprocessing: Any) -> None:
@@ -160,18 +171,13 @@ def describe(preprocessing: Optional[Any]) -> list[str]:
 
 def outline(preprocessing: Any) -> str:
     """The preprocessing's structure in one line, for people: ``A → B``, ``ColumnTransformer(name: A → B; ...)``."""
+    children = _named_children(preprocessing)
     if hasattr(preprocessing, "steps"):  # Pipeline
-        return " → ".join(outline(step) for _, step in preprocessing.steps if not _skipped(step))
+        return " → ".join(outline(step) for _, step in children if not _skipped(step))
     if hasattr(preprocessing, "transformer_list") or hasattr(preprocessing, "transformers"):
-        named = getattr(preprocessing, "transformer_list", None) or getattr(preprocessing, "transformers_", None) \
-            or preprocessing.transformers
-        parts = [f"{item[0]}: {outline(item[1]) if not _skipped(item[1]) else item[1]}" for item in named]
+        parts = [f"{name}: {step if _skipped(step) else outline(step)}" for name, step in children]
         return f"{type(preprocessing).__name__}({'; '.join(parts)})"
     return type(preprocessing).__name__
-
-
-def _skipped(step: Any) -> bool:
-    return isinstance(step, str) and step in ("passthrough", "drop")
 
 
 def checked_frame(X: Any, feature_names: Sequence[str]) -> Any:
