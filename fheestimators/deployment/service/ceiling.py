@@ -19,12 +19,9 @@ from ..client import Client
 from ..server import Server
 from ..wire import unpack_values
 from .limits import GB
-from .workers import Evaluators
+from .workers import KEPT_KEY_SET_FACTOR, Evaluators
 
 __all__ = ["check_ceiling", "check_room"]
-
-# an evaluator maps about 6 times a key set's serialized size per key set it keeps (154 MB for 25 MB, measured)
-KEPT_KEY_SET_FACTOR = 6
 
 
 def check_ceiling(model_dir: PathLike, server: Server, evaluators: Evaluators, memory_bytes: int,

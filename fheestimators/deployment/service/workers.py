@@ -37,6 +37,7 @@ INPUT_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, s
 # their serialized size); the default leaves about twice that
 BASE_MEMORY = 2 << 30
 CORE_MEMORY = 32 << 20
+KEPT_KEY_SET_FACTOR = 6  # the measured 154 MB per kept key set: what a chosen ceiling must leave room for
 KEY_SET_MEMORY_FACTOR = 16
 
 
