@@ -22,6 +22,7 @@ from ..fhe.cost import FheCost
 from ..fhe.modes import FheMode
 from ..quantization.tabulate import narrowed_outputs
 from ..torch.compile import OverflowHint, compile_brevitas_qat_model, overflow_advice
+from .batches import WholeBatches
 from .binning import fit_binning
 from .float_twin import FloatMLP, FloatNeuralNetClassifier, FloatNeuralNetRegressor
 from .input_scaling import ScaledInputs
@@ -82,7 +83,7 @@ def _far_features(low: np.ndarray, high: np.ndarray, data_min: np.ndarray, data_
     return np.flatnonzero(disjoint | beyond)
 
 
-class FheMixin(ScaledInputs, EarlyStoppingMixin):
+class FheMixin(WholeBatches, ScaledInputs, EarlyStoppingMixin):
     """Compile after training and dispatch ``predict`` to the clear, simulated or encrypted model.
 
     Holds the settings both estimators share; each sets its own default ``criterion``.

@@ -9,6 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from .batches import WholeBatches
 from .input_scaling import ScaledInputs
 from .linear_term import fit_linear_term
 from .qat_module import layer_widths
@@ -64,7 +65,7 @@ class FloatMLP(nn.Module):
         return [m for m in self.layers if isinstance(m, nn.Linear)]
 
 
-class _FloatTwin(ScaledInputs, EarlyStoppingMixin):
+class _FloatTwin(WholeBatches, ScaledInputs, EarlyStoppingMixin):
     """What both twins share: the FHE estimators' data handling (``scale_inputs`` included)
     and learning-rate schedule, so that only quantization differs."""
 
