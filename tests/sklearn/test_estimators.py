@@ -278,7 +278,7 @@ def test_wide_data_default_is_one_hidden_layer_on_narrow_integers(data):
     clf = NeuralNetClassifier(max_epochs=20, lr=0.05, batch_size=32, random_state=0).fit(X, y)
     assert [layer.out_features for layer in clf.module_.linear_layers] == [WIDE_NETWORK["n_hidden"], 2]
     assert [layer.quant_weight().bit_width.item() for layer in clf.module_.linear_layers] == [4, 3]
-    assert clf.module_.layers[0](torch.zeros(1, X.shape[1])).bit_width.item() == 6  # input features
+    assert clf.module_.layers[0].act_quant.bit_width().item() == 6  # input features
     assert clf.optimizer_.param_groups[0]["weight_decay"] == WIDE_WEIGHT_DECAY
     cost = clf.fhe_cost_
     # one 7-bit lookup per hidden neuron at most (a neuron whose output weights round to 0 is dropped),
