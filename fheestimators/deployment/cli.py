@@ -68,6 +68,7 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     import uvicorn
 
     from .artifacts import CLIENT_FILE, SERVER_FILE
+    from .service.connections import guarded_protocol
 
     model_dir = Path(args.path)
     missing = [name for name in (CLIENT_FILE, SERVER_FILE) if not (model_dir / name).is_file()]
@@ -102,7 +103,10 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         os.environ[ENV_DASK] = args.dask
     # one server process: its event loop answers HTTP, FHE work runs in its --workers processes
     uvicorn.run(APP, factory=True, host=args.host, port=args.port, ssl_keyfile=args.ssl_keyfile,
-                ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=10)
+                ssl_certfile=args.ssl_certfile, timeout_graceful_shutdown=10,
+                # our protocol bounds what a connection holds; a short accept queue keeps a burst of
+                # connections from taking every file descriptor before they are refused (design notes)
+                http=guarded_protocol(limits), backlog=128)
     return 0
 
 

@@ -52,6 +52,9 @@ class Limits:
     max_jobs: int = _limit(256, "jobs remembered (queued, running or finished)")
     max_uploads: int = _limit(2, "key uploads read at the same time")
     body_timeout_s: float = _limit(600.0, "seconds a client may take to send a request body")
+    head_timeout_s: float = _limit(20.0, "seconds a connection may take to send a request's line and headers "
+                                         "(from its opening, or from its first byte after an earlier request)")
+    max_address_connections: int = _limit(32, "connections one client address may hold open at once")
     address_window_s: int = _limit(60, "seconds over which each client address's refusals and key uploads "
                                        "are counted")
     max_address_refusals: int = _limit(10, "requests of one address refused for what they sent (4xx) within the "

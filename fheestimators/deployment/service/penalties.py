@@ -37,7 +37,7 @@ from .limits import Limits
 from .logs import event
 from .metrics import Metrics
 
-__all__ = ["Penalties", "PenaltyGate", "blame", "client_address"]
+__all__ = ["Penalties", "PenaltyGate", "blame", "client_address", "normalized_address"]
 
 # where a route notes a refusal's weight when its status alone does not tell (a 429 the client caused)
 BLAME = "fheestimators.blame"
@@ -50,7 +50,11 @@ def client_address(scope: Scope) -> Optional[str]:
     client = scope.get("client")
     if not client or not client[0]:
         return None
-    host = client[0]
+    return normalized_address(client[0])
+
+
+def normalized_address(host: str) -> str:
+    """What counts as one client: an IP address, an IPv6 one by its /64."""
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
