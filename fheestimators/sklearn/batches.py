@@ -43,7 +43,7 @@ def _fetches_whole_batches(iterator, dataset, kwargs: dict) -> bool:
     if isinstance(dataset, Subset):
         dataset = dataset.dataset
     return (iterator is DataLoader and type(dataset) is Dataset and not sparse.issparse(dataset.X)
-            and not any(name in kwargs for name in _PER_ROW_SETTINGS) and kwargs.get("batch_size", 1) > 0)
+            and not any(name in kwargs for name in _PER_ROW_SETTINGS) and kwargs["batch_size"] > 0)
 
 
 class WholeBatches:

@@ -116,3 +116,12 @@ def metric(url: str, name: str, labels: str = "") -> float:
     lines = httpx.get(f"{url}/metrics/").text.splitlines()
     return sum(float(line.split()[-1]) for line in lines
                if line.split("{")[0].split(" ")[0] == name and labels in line)
+
+
+def wait_for(condition, timeout: float) -> float:
+    """Seconds until ``condition()`` held; fails past ``timeout``."""
+    start = time.monotonic()
+    while not condition():
+        assert time.monotonic() - start < timeout, "the condition never held"
+        time.sleep(0.05)
+    return time.monotonic() - start

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import pytest
-from serving import Service
+from serving import Service, wait_for
 
 HEAD_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 4
@@ -42,15 +42,6 @@ def _closed_by_server(sock: socket.socket) -> bool:
         return True
 
 
-def _wait_until(condition, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def test_an_address_holds_a_few_unfinished_heads_and_only_until_the_deadline(service):
     opened = time.monotonic()
     attacker = [_connect(service, "127.0.0.2") for _ in range(10)]
@@ -61,7 +52,7 @@ def test_an_address_holds_a_few_unfinished_heads_and_only_until_the_deadline(ser
         closed.update(i for i, sock in enumerate(attacker) if i not in closed and _closed_by_server(sock))
         return len(closed) >= len(attacker) - MAX_CONNECTIONS
 
-    assert _wait_until(refused_all_but_the_cap, HEAD_TIMEOUT_S / 2)
+    wait_for(refused_all_but_the_cap, HEAD_TIMEOUT_S / 2)
     if time.monotonic() - opened < HEAD_TIMEOUT_S:  # no deadline has passed: the first ones are still open
         assert closed == set(range(MAX_CONNECTIONS, len(attacker)))
         assert not _closed_by_server(silent)
@@ -69,8 +60,7 @@ def test_an_address_holds_a_few_unfinished_heads_and_only_until_the_deadline(ser
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1"), timeout=10) as honest:
         assert honest.get(f"{service.url}/health").status_code == 200
 
-    assert _wait_until(lambda: all(_closed_by_server(sock) for sock in attacker[:MAX_CONNECTIONS]),
-                       HEAD_TIMEOUT_S + 10)
+    wait_for(lambda: all(_closed_by_server(sock) for sock in attacker[:MAX_CONNECTIONS]), HEAD_TIMEOUT_S + 10)
     assert _closed_by_server(silent)
     for sock in [*attacker, silent]:
         sock.close()

@@ -26,7 +26,7 @@ from fheestimators.deployment import server as server_module
 from fheestimators.fhe import evaluation
 
 from crafted_keys import FRAMING_LIES, amplified, declaring, framing_lie, reframed
-from serving import UNPENALIZED, Service, metric
+from serving import UNPENALIZED, Service, metric, wait_for
 
 LIMITS = ["--workers", "1", "--max-uploads", "1", "--max-samples", "16", "--max-queued-samples", "20",
           "--body-timeout-s", "3", "--max-clients", "6", "--sample-timeout-s", "60", "--key-check-timeout-s", "10",
@@ -173,7 +173,7 @@ def test_keys_that_share_one_payload_are_refused_within_bounded_memory(service, 
     # 40 pointers to the 24 MB bootstrap key: about 1 GB if read unbounded (200 took gigabytes), kept small
     # so that a broken defence costs this machine a gigabyte, not its memory
     raw = _keys_of(honest.client)
-    _wait_for(lambda: len(service.evaluator_pids()) == 1, timeout=60)  # a previous test's restart is done
+    wait_for(lambda: len(service.evaluator_pids()) == 1, timeout=60)  # a previous test's restart is done
     (pid,) = service.evaluator_pids()
     limits = Path(f"/proc/{pid}/limits").read_text()
     assert "Max data size" in limits and "unlimited" not in limits.split("Max data size")[1].splitlines()[0]
@@ -277,15 +277,6 @@ def _queued(service) -> float:
     return metric(service.url, "fheestimators_queued_samples")
 
 
-def _wait_for(condition, timeout: float) -> float:
-    """Seconds until ``condition()`` held; fails past ``timeout``."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < timeout, "the condition never held"
-        time.sleep(0.05)
-    return time.monotonic() - start
-
-
 def test_a_client_that_hangs_up_cancels_its_work(service, honest, rows, still_serving):
     payload = honest.client.encrypt(np.resize(rows, (16, rows.shape[1])))
     ran_before = metric(service.url, "fheestimators_samples_total")
@@ -293,9 +284,9 @@ def test_a_client_that_hangs_up_cancels_its_work(service, honest, rows, still_se
         sock.sendall(f"POST /clients/{honest.client_id}/predict HTTP/1.1\r\nHost: x\r\n"
                      f"Authorization: Bearer {honest._client_token}\r\n"
                      f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        _wait_for(lambda: _queued(service) == 16, timeout=30)  # admitted: the work has begun
+        wait_for(lambda: _queued(service) == 16, timeout=30)  # admitted: the work has begun
     # hung up: 16 samples take one evaluator several seconds; cancelled, the queue empties at once
-    _wait_for(lambda: _queued(service) == 0, timeout=30.0)
+    wait_for(lambda: _queued(service) == 0, timeout=30.0)
     assert metric(service.url, "fheestimators_samples_total") - ran_before < 16
 
 
@@ -306,7 +297,7 @@ def test_an_evaluator_killed_mid_run_costs_one_answer(service, honest, rows, sti
     thread = threading.Thread(target=lambda: answer.update(response=_post(
         service, f"/clients/{honest.client_id}/predict", payload, auth)[0]))
     thread.start()
-    _wait_for(lambda: _queued(service) > 0 and service.evaluator_pids(), timeout=30)
+    wait_for(lambda: _queued(service) > 0 and service.evaluator_pids(), timeout=30)
     for pid in service.evaluator_pids():
         os.kill(pid, signal.SIGKILL)
     thread.join(TIMEOUT)
@@ -327,7 +318,7 @@ def test_a_full_queue_answers_429_and_a_job_can_be_cancelled(service, honest, ro
     status = httpx.get(f"{service.url}/clients/{honest.client_id}/jobs/{job}", headers=auth).json()
     assert status["total"] == 16 and status["status"] in ("queued", "running")
     assert httpx.delete(f"{service.url}/clients/{honest.client_id}/jobs/{job}", headers=auth).status_code == 204
-    _wait_for(lambda: _queued(service) == 0, timeout=30.0)
+    wait_for(lambda: _queued(service) == 0, timeout=30.0)
     assert httpx.get(f"{service.url}/clients/{honest.client_id}/jobs/{job}", headers=auth).status_code == 404
 
 
@@ -336,7 +327,7 @@ def test_jobs_give_what_predict_gives(service, honest, classifier, rows):
     submitted, _ = _post(service, f"/clients/{honest.client_id}/jobs", honest.client.encrypt(rows[:3]), auth)
     job = submitted.json()["job_id"]
     status_url = f"{service.url}/clients/{honest.client_id}/jobs/{job}"
-    _wait_for(lambda: httpx.get(status_url, headers=auth).json()["status"] == "done", timeout=TIMEOUT)
+    wait_for(lambda: httpx.get(status_url, headers=auth).json()["status"] == "done", timeout=TIMEOUT)
     result = httpx.get(status_url + "/result", headers=auth)
     np.testing.assert_array_equal(honest.client.decrypt(result.content), classifier.predict(rows[:3]))
     # another client cannot see it
@@ -386,7 +377,7 @@ def test_one_client_s_long_job_does_not_make_another_wait(service, honest, saved
     np.testing.assert_array_equal(honest.predict(rows[:1]), classifier.predict(rows[:1]))
     assert httpx.get(status_url, headers=auth).json()["done"] < 16
     assert httpx.delete(status_url, headers=auth).status_code == 204
-    _wait_for(lambda: _queued(service) == 0, timeout=30.0)
+    wait_for(lambda: _queued(service) == 0, timeout=30.0)
     greedy.close()
 
 
